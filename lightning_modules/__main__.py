@@ -1,0 +1,5 @@
+"""``python -m lightning_modules ...`` is the ``lightning`` console script."""
+
+from lightning_modules.cli import main
+
+main()

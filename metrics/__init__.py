@@ -1,0 +1,1 @@
+"""torchmetrics Metrics and pure functions shared by papers. Imports nothing of ours."""
