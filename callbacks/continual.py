@@ -1,0 +1,305 @@
+"""Online EWC and intelligent-synapses (IS) penalties as callbacks, for any module and any target submodule.
+
+The penalty (Liang et al., "GAN training is a continual learning problem", online memory with discount):
+a new *task* ends every ``alpha`` optimizer steps of the target's optimizer; at the end of task ``k`` the
+target's parameters ``theta*_k`` and an importance ``Q_k`` (one tensor per parameter) are folded into
+
+    S_k = gamma * S_{k-1} + Q_k               P_k = gamma * P_{k-1} + Q_k * theta*_k
+    R_k = gamma * R_{k-1} + sum_i Q_k,i * theta*_k,i ** 2          (a scalar, only for the logged value)
+
+so that, with ``k`` tasks done,
+
+    L_CL(theta) = lambda / 2 * sum_{kappa=1..k} gamma^(k - kappa) * sum_i Q_kappa,i * (theta_i - theta*_kappa,i) ** 2
+                = lambda / 2 * sum_i (S_k,i * theta_i ** 2 - 2 * P_k,i * theta_i) + lambda / 2 * R_k
+
+and its gradient is ``lambda * (S * theta - P)``. No per-task copies are kept: S and P are one tensor each
+per parameter.
+
+Importance ``Q``:
+
+* ``fisher`` (:class:`EWCPenalty`): the diagonal empirical Fisher, the squared gradient of a loss on a
+  fresh minibatch at ``theta*_k``. The module provides that loss by defining ``importance_loss(self) -> Tensor``
+  (the GAN modules: the discriminator loss on a real batch and freshly generated samples). A module without
+  it gets the squared gradient of the task's last step (the gradient already computed; no extra pass).
+* ``path`` (:class:`ISPenalty`): the path integral ``sum_t -g_t * (theta_{t+1} - theta_t)`` over the task's
+  steps, with ``g_t`` the gradient of the module's own loss (before the penalty is added), *without* the
+  ``(Delta theta)^2 + xi`` normaliser (the paper drops it). Negative task totals (the task raised the loss
+  along that coordinate) are clamped to 0 so that S stays non-negative and the penalty convex.
+* ``ones``: Q = 1. With ``alpha=1`` this is discounted historical averaging; with ``reference=False``
+  (theta* = 0, so P = 0) and ``gamma=0`` it is plain L2 weight decay ``lambda / 2 * ||theta||^2``.
+
+How it is applied (the protocol): the module's own loss is left alone; in ``on_before_optimizer_step`` of
+the target's optimizer (after backward, gradient accumulation and AMP unscaling, before clipping) the
+callback adds ``lambda * (S * theta - P)`` to each target parameter's ``.grad``. This works for automatic
+and manual optimisation alike, once per optimizer step. The task boundary is handled in a step
+post-hook of that optimizer. Under DDP the gradients are already averaged when the hook runs, and the
+importance is averaged across ranks before it enters S and P, so S and P are identical on every rank.
+
+Logged: ``train/ewc_penalty`` (:class:`EWCPenalty`; ``train/is_penalty`` for :class:`ISPenalty`) = L_CL at
+the parameters before the step, and ``train/cl_tasks`` (tasks completed). State (S, P, R, counters and
+the IS accumulator) is saved in the checkpoint so a resumed run continues the same penalty.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+Importance = Literal["fisher", "path", "ones"]
+
+
+class ContinualPenalty(Callback):
+    """Online quadratic continual-learning penalty on ``target`` (see the module docstring).
+
+    Args:
+        target: dotted name of the submodule to protect (``"discriminator"``; ``""`` = the whole module).
+        lam: the weight ``lambda``.
+        alpha: optimizer steps per task.
+        gamma: discount of earlier tasks in [0, 1].
+        importance: ``fisher`` (EWC), ``path`` (IS) or ``ones``.
+        reference: keep the reference term theta* (``False``: P = 0, the penalty pulls towards 0).
+        log_key: name of the logged penalty.
+    """
+
+    def __init__(
+        self,
+        target: str = "discriminator",
+        lam: float = 10.0,
+        alpha: int = 1000,
+        gamma: float = 0.99,
+        importance: Importance = "fisher",
+        reference: bool = True,
+        log_key: str = "train/ewc_penalty",
+    ) -> None:
+        if alpha < 1:
+            raise ValueError(f"alpha (steps per task) must be >= 1, got {alpha}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if importance not in ("fisher", "path", "ones"):
+            raise ValueError(f"importance must be fisher, path or ones, got {importance!r}")
+        self.target, self.lam, self.alpha, self.gamma = target, float(lam), int(alpha), float(gamma)
+        self.importance, self.reference, self.log_key = importance, reference, log_key
+        self.log_every_step = False  # compute the logged value only on the trainer's logging steps
+        self.names: list[str] = []
+        self.params: list[nn.Parameter] = []
+        self.S: list[Tensor] = []
+        self.P: list[Tensor] = []
+        self.R = 0.0
+        self.steps = 0  # optimizer steps of the target's optimizer
+        self.tasks = 0
+        self.omega: list[Tensor] = []  # IS: path integral of the running task
+        self._pending: dict[str, Any] | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._hook = None
+        self._module: LightningModule | None = None
+        self._trainer: Trainer | None = None
+        self._grad: list[Tensor] | None = None  # IS / fisher fallback: task gradient of this step
+        self._theta: list[Tensor] | None = None  # IS: parameters before this step
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(target=self.target, importance=self.importance)
+
+    # ------------------------------------------------------------------ set-up
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        module = pl_module.get_submodule(self.target) if self.target else pl_module
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(f"{type(self).__name__}: target {self.target!r} has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.S = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
+        self.P = [torch.zeros_like(s) for s in self.S]
+        self.omega = [torch.zeros_like(s) for s in self.S] if self.importance == "path" else []
+        self._module, self._trainer = pl_module, trainer
+        first = self.params[0]
+        owners = [opt for opt in trainer.optimizers if any(q is first for g in opt.param_groups for q in g["params"])]
+        if not owners:
+            raise ValueError(f"{type(self).__name__}: no optimizer holds the parameters of {self.target!r}")
+        self._optimizer = owners[0]
+        self._hook = self._optimizer.register_step_post_hook(self._after_step)
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._detach_hook()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._detach_hook()
+
+    def _detach_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # ------------------------------------------------------------------ the penalty
+    def penalty(self) -> Tensor:
+        """L_CL at the current parameters (a float tensor; 0 before the first task ends)."""
+        if not self.tasks:
+            return torch.zeros(())
+        with torch.no_grad():
+            total = sum(((s * p - 2 * q) * p).sum() for s, p, q in zip(self.S, self.params, self.P))
+            return 0.5 * self.lam * (total + self.R)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        if optimizer is not self._optimizer:
+            return
+        ending = (self.steps + 1) % self.alpha == 0
+        if self.importance == "path" or (ending and self.importance == "fisher" and not hasattr(pl_module, "importance_loss")):
+            self._grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.importance == "path":
+            self._theta = [p.detach().clone() for p in self.params]
+        if not self.tasks:
+            return
+        logging_now = getattr(trainer._logger_connector, "should_update_logs", True) or self.log_every_step
+        value = self.penalty() if logging_now else None
+        with torch.no_grad():
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grads = [p.grad for p in self.params]
+            torch._foreach_addcmul_(grads, self.S, [p.detach() for p in self.params], value=self.lam)
+            if self.reference:
+                torch._foreach_add_(grads, self.P, alpha=-self.lam)
+        if value is not None:
+            pl_module.log(self.log_key, value, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log("train/cl_tasks", float(self.tasks), on_step=True, on_epoch=False, batch_size=1)
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.steps += 1
+        if self.importance == "path" and self._theta is not None and self._grad is not None:
+            with torch.no_grad():
+                delta = torch._foreach_sub([p.detach() for p in self.params], self._theta)
+                torch._foreach_addcmul_(self.omega, self._grad, delta, value=-1.0)
+            self._theta = None
+        if self.steps % self.alpha == 0:
+            self._end_task()
+        if self.importance != "path":
+            self._grad = None
+
+    # ------------------------------------------------------------------ task boundary
+    def _importance(self) -> list[Tensor]:
+        if self.importance == "ones":
+            return [torch.ones_like(p) for p in self.params]
+        if self.importance == "path":
+            return [o.clamp(min=0.0) for o in self.omega]
+        module = self._module
+        if hasattr(module, "importance_loss"):
+            with torch.enable_grad():
+                flags = [p.requires_grad for p in self.params]
+                for p in self.params:
+                    p.requires_grad_(True)
+                loss = module.importance_loss()
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                for p, flag in zip(self.params, flags):
+                    p.requires_grad_(flag)
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+            grads = self._mean_across_ranks(grads)
+        else:
+            grads = self._grad or [torch.zeros_like(p) for p in self.params]
+        return [g.detach() ** 2 for g in grads]
+
+    def _mean_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return tensors
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = trainer.strategy.reduce(flat, reduce_op="mean")
+        return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+    def _end_task(self) -> None:
+        q = self._importance()
+        if self.importance != "fisher":  # fisher: already from rank-averaged gradients
+            q = self._mean_across_ranks(q)
+        self.consolidate(q, [p.detach() for p in self.params])
+        if self.importance == "path":
+            for o in self.omega:
+                o.zero_()
+
+    def consolidate(self, q: list[Tensor], theta: list[Tensor]) -> None:
+        """Fold task ``k``'s importance ``q`` and parameters ``theta`` into S, P and R (online memory)."""
+        with torch.no_grad():
+            torch._foreach_mul_(self.S, self.gamma)
+            torch._foreach_add_(self.S, q)
+            if self.reference:
+                torch._foreach_mul_(self.P, self.gamma)
+                torch._foreach_addcmul_(self.P, q, theta)
+                self.R = self.gamma * self.R + float(sum((qi * ti * ti).sum() for qi, ti in zip(q, theta)))
+        self.tasks += 1
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "S": [s.detach().cpu().clone() for s in self.S],
+            "P": [p.detach().cpu().clone() for p in self.P],
+            "omega": [o.detach().cpu().clone() for o in self.omega],
+            "R": self.R,
+            "steps": self.steps,
+            "tasks": self.tasks,
+            "hparams": {"lam": self.lam, "alpha": self.alpha, "gamma": self.gamma, "importance": self.importance,
+                        "reference": self.reference},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.params:
+            self._restore(state_dict)
+        else:
+            self._pending = state_dict
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["names"] != self.names:
+            raise ValueError(
+                f"{type(self).__name__}: checkpoint protects parameters {state['names'][:3]}..., "
+                f"this run's target {self.target!r} has {self.names[:3]}..."
+            )
+        if state["hparams"] != self.state_dict()["hparams"]:
+            log.warning("%s: resuming with hyperparameters %s (checkpoint had %s)", type(self).__name__,
+                        self.state_dict()["hparams"], state["hparams"])
+        with torch.no_grad():
+            for dst, src in zip(self.S, state["S"]):
+                dst.copy_(src)
+            for dst, src in zip(self.P, state["P"]):
+                dst.copy_(src)
+            for dst, src in zip(self.omega, state.get("omega", [])):
+                dst.copy_(src)
+        self.R, self.steps, self.tasks = float(state["R"]), int(state["steps"]), int(state["tasks"])
+
+
+class EWCPenalty(ContinualPenalty):
+    """Online EWC: importance = diagonal Fisher of the module's ``importance_loss()`` on a fresh minibatch."""
+
+    def __init__(
+        self,
+        target: str = "discriminator",
+        lam: float = 10.0,
+        alpha: int = 1000,
+        gamma: float = 0.99,
+        importance: Importance = "fisher",
+        reference: bool = True,
+        log_key: str = "train/ewc_penalty",
+    ) -> None:
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key)
+
+
+class ISPenalty(ContinualPenalty):
+    """Online intelligent synapses: importance = path integral of -grad * delta-theta over the task."""
+
+    def __init__(
+        self,
+        target: str = "discriminator",
+        lam: float = 10.0,
+        alpha: int = 1000,
+        gamma: float = 0.99,
+        importance: Importance = "path",
+        reference: bool = True,
+        log_key: str = "train/is_penalty",
+    ) -> None:
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key)

@@ -1,0 +1,177 @@
+"""EWC / IS penalty callbacks: the applied gradient is autograd of the written penalty; resume; DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning import Callback, LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.continual import ContinualPenalty, EWCPenalty, ISPenalty
+
+TRAINER = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, log_every_n_steps=1)
+
+
+class Tiny(LightningModule):
+    """A regression net whose ``discriminator`` is protected; automatic optimisation."""
+
+    def __init__(self, with_importance_loss: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.discriminator = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1))
+        self.head = nn.Linear(1, 1)  # not protected
+        g = torch.Generator().manual_seed(1)
+        self.x, self.y = torch.randn(32, 3, generator=g), torch.randn(32, 1, generator=g)
+        if with_importance_loss:
+            self.importance_loss = lambda: F.mse_loss(self.discriminator(self.x[:8] * 0.5), self.y[:8])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.mse_loss(self.head(self.discriminator(x)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=4, shuffle=False)
+
+
+class Recording:
+    """Mixin: keep every task's (Q, theta*) to evaluate the penalty as written, term by term."""
+
+    def consolidate(self, q, theta):
+        self.history = getattr(self, "history", []) + [([t.clone() for t in q], [t.clone() for t in theta])]
+        super().consolidate(q, theta)
+
+    def written_penalty(self, params):
+        k = len(self.history)
+        total = 0.0
+        for kappa, (q, theta) in enumerate(self.history, start=1):
+            ref = theta if self.reference else [torch.zeros_like(t) for t in theta]
+            total = total + self.gamma ** (k - kappa) * sum((qi * (p - ti) ** 2).sum() for qi, p, ti in zip(q, params, ref))
+        return 0.5 * self.lam * total
+
+
+class RecordingEWC(Recording, EWCPenalty):
+    pass
+
+
+class RecordingIS(Recording, ISPenalty):
+    pass
+
+
+class RecordingOnes(Recording, ContinualPenalty):
+    pass
+
+
+class GradSpy(Callback):
+    def __init__(self, store: list) -> None:
+        self.store = store
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.store.append([p.grad.detach().clone() for p in pl_module.discriminator.parameters()])
+
+
+class CheckAgainstAutograd(Callback):
+    """Runs after the penalty: applied gradient == autograd of the written penalty, logged value == penalty."""
+
+    def __init__(self, penalty, before: list) -> None:
+        self.penalty, self.before, self.checked = penalty, before, 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        pen = self.penalty
+        if not getattr(pen, "history", None):
+            return
+        params = [p.detach().clone().requires_grad_(True) for p in pl_module.discriminator.parameters()]
+        written = pen.written_penalty(params)
+        expected = torch.autograd.grad(written, params)
+        applied = [p.grad - b for p, b in zip(pl_module.discriminator.parameters(), self.before[-1])]
+        for a, e in zip(applied, expected):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pen.penalty(), written.detach(), rtol=1e-4, atol=1e-5)
+        assert float(trainer.callback_metrics[pen.log_key]) == pytest.approx(float(written.detach()), rel=1e-4, abs=1e-6)
+        self.checked += 1
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, module_kwargs",
+    [
+        (RecordingEWC, dict(lam=3.0, alpha=3, gamma=0.8), {}),
+        (RecordingEWC, dict(lam=0.3, alpha=2, gamma=0.9), dict(with_importance_loss=False)),
+        (RecordingIS, dict(lam=5.0, alpha=4, gamma=0.7), {}),
+        (RecordingOnes, dict(lam=0.5, alpha=1, gamma=0.9, importance="ones"), {}),  # discounted historical averaging
+    ],
+)
+def test_applied_gradient_is_autograd_of_written_penalty(cls, kwargs, module_kwargs) -> None:
+    before: list = []
+    penalty = cls(target="discriminator", **kwargs)
+    check = CheckAgainstAutograd(penalty, before)
+    trainer = Trainer(max_epochs=2, callbacks=[GradSpy(before), penalty, check], **TRAINER)
+    trainer.fit(Tiny(**module_kwargs))
+    assert penalty.steps == 16 and penalty.tasks == 16 // kwargs["alpha"]
+    assert check.checked == 16 - kwargs["alpha"]  # every step after the first task
+    assert all(float(s.abs().sum()) > 0 for s in penalty.S)
+
+
+def test_l2_special_case() -> None:
+    """No reference, gamma=0, importance 1: the applied gradient is lam * theta (plain L2)."""
+    before: list = []
+    after: list = []
+    penalty = ContinualPenalty(target="discriminator", lam=0.3, alpha=1, gamma=0.0, importance="ones", reference=False)
+    params_seen: list = []
+
+    class Params(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            params_seen.append([p.detach().clone() for p in pl_module.discriminator.parameters()])
+
+    trainer = Trainer(max_steps=5, callbacks=[GradSpy(before), penalty, GradSpy(after), Params()], **TRAINER)
+    trainer.fit(Tiny())
+    for b, a, theta in list(zip(before, after, params_seen))[1:]:
+        for bi, ai, ti in zip(b, a, theta):
+            torch.testing.assert_close(ai - bi, 0.3 * ti)
+
+
+def _state(penalty: ContinualPenalty) -> list[torch.Tensor]:
+    return [t.clone() for t in penalty.S + penalty.P]
+
+
+@pytest.mark.parametrize("cls", [EWCPenalty, ISPenalty])
+def test_resume_restores_s_and_p(cls, tmp_path: Path) -> None:
+    straight = cls(lam=2.0, alpha=3, gamma=0.9)
+    Trainer(max_epochs=2, callbacks=[straight], **TRAINER).fit(Tiny())
+
+    first = cls(lam=2.0, alpha=3, gamma=0.9)
+    trainer = Trainer(max_epochs=1, callbacks=[first], **TRAINER)
+    trainer.fit(Tiny())
+    trainer.save_checkpoint(tmp_path / "one.ckpt")
+    saved = _state(first)
+
+    seen: dict = {}
+    resumed = cls(lam=2.0, alpha=3, gamma=0.9)
+
+    class AtStart(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["S_P"], seen["steps"], seen["tasks"] = _state(resumed), resumed.steps, resumed.tasks
+
+    Trainer(max_epochs=2, callbacks=[resumed, AtStart()], **TRAINER).fit(Tiny(), ckpt_path=tmp_path / "one.ckpt")
+    assert seen["steps"] == 8 and seen["tasks"] == 2
+    for a, b in zip(seen["S_P"], saved):
+        torch.testing.assert_close(a, b)
+    assert resumed.steps == straight.steps == 16 and resumed.tasks == straight.tasks == 5
+    for a, b in zip(_state(resumed), _state(straight)):
+        torch.testing.assert_close(a, b)  # the resumed run continued the same penalty
+    assert resumed.R == pytest.approx(straight.R)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        EWCPenalty(alpha=0)
+    with pytest.raises(ValueError, match="gamma"):
+        EWCPenalty(gamma=1.5)
+    with pytest.raises(AttributeError):
+        Trainer(max_steps=1, callbacks=[EWCPenalty(target="nope")], **TRAINER).fit(Tiny())
