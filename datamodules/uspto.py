@@ -1,0 +1,471 @@
+"""USPTO-50k for one-step retrosynthesis as sequence-to-sequence: product SMILES in, reactants out.
+
+Reads the common distribution (GLN / Liu et al. split: ``raw_train.csv``, ``raw_val.csv``,
+``raw_test.csv`` with columns ``id,class,reactants>reagents>production``, atom-mapped) and the
+unmapped training file of ``../shared/data/uspto_50k`` (``raw_train_UNMAPPED_derived.csv``), or plain
+``product>>reactants`` lists (``.txt``/``.smi``: one reaction a line). Atom maps are removed and every
+molecule is canonicalised with RDKit; SMILES are split with the Molecular Transformer's regex.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from lightning import LightningDataModule
+from rdkit import Chem, RDLogger
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.base import missing_data_error, resolve_data_dir
+from metrics.chemistry import canonical_set
+
+log = logging.getLogger(__name__)
+RDLogger.DisableLog("rdApp.*")
+
+# Schwaller et al., Molecular Transformer (ACS Cent. Sci. 2019): bracket atoms, two-letter halogens,
+# organic subset, bonds, branches, ring closures (one digit or %nn)
+SMILES_REGEX = re.compile(
+    r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|\%[0-9]{2}|[0-9])"
+)
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+CLASS_NAMES = (
+    "heteroatom alkylation and arylation",
+    "acylation and related processes",
+    "C-C bond formation",
+    "heterocycle formation",
+    "protections",
+    "deprotections",
+    "reductions",
+    "oxidations",
+    "functional group interconversion",
+    "functional group addition",
+)
+
+
+def tokenize(smiles: str) -> list[str]:
+    """Molecular Transformer tokens of ``smiles``; ``ValueError`` if the regex does not cover the string."""
+    tokens = SMILES_REGEX.findall(smiles)
+    if "".join(tokens) != smiles:
+        raise ValueError(f"SMILES not fully tokenisable: {smiles!r}")
+    return tokens
+
+
+class Vocabulary:
+    """Token <-> index; specials first (``<pad>``=0, ``<bos>``=1, ``<eos>``=2, ``<unk>``=3)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        tokens = list(tokens)
+        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+            tokens = list(SPECIALS) + [t for t in tokens if t not in SPECIALS]
+        self.itos = tokens
+        self.stoi = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, token_lists: Sequence[Sequence[str]]) -> Vocabulary:
+        counts = Counter(t for tokens in token_lists for t in tokens)
+        return cls(list(SPECIALS) + sorted(counts))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos
+
+    pad, bos, eos, unk = 0, 1, 2, 3
+
+    def encode(self, tokens: Sequence[str], bos: bool = False, eos: bool = False) -> list[int]:
+        ids = [self.stoi.get(t, self.unk) for t in tokens]
+        return ([self.bos] if bos else []) + ids + ([self.eos] if eos else [])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Join tokens up to the first ``<eos>`` (specials dropped)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos:
+                break
+            if i >= len(SPECIALS) and i < len(self.itos):
+                out.append(self.itos[i])
+        return "".join(out)
+
+
+@dataclass
+class Reaction:
+    id: str
+    cls: int  # 1..10, 0 if unknown
+    product: str  # canonical, no atom maps
+    reactants: str  # canonical set, no atom maps
+    mapped: str | None = None  # the original atom-mapped reaction string, when atom-mapped
+
+
+def _has_maps(smiles: str) -> bool:
+    return re.search(r":\d+\]", smiles) is not None
+
+
+def parse_reaction(text: str, product_first: bool = False) -> tuple[str, str] | None:
+    """(product, reactants) canonical and unmapped from ``reactants>reagents>product`` (or
+    ``product>>reactants`` when ``product_first``); ``None`` if any part is invalid or empty."""
+    parts = text.strip().split(">")
+    if len(parts) != 3:
+        return None
+    if product_first:
+        prod, reac = parts[0], parts[2]
+    else:
+        reac, prod = parts[0], parts[2]
+    p, r = canonical_set(prod), canonical_set(reac)
+    if p is None or r is None:
+        return None
+    return p, r
+
+
+def read_reactions(path: Path) -> tuple[list[Reaction], int]:
+    """Reactions of a USPTO CSV (``id,class,reactants>reagents>production[,...]``) or a plain
+    ``product>>reactants`` list; returns (reactions, number of skipped invalid lines)."""
+    reactions: list[Reaction] = []
+    skipped = 0
+    if path.suffix in (".txt", ".smi"):
+        with open(path) as f:
+            for n, line in enumerate(f):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parsed = parse_reaction(line.split()[0], product_first=True)
+                if parsed is None:
+                    skipped += 1
+                    log.warning("%s:%d: invalid reaction SMILES skipped: %.120s", path, n + 1, line)
+                    continue
+                reactions.append(Reaction(f"{path.stem}-{n}", 0, *parsed))
+        return reactions, skipped
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        column = next((c for c in reader.fieldnames or [] if c.startswith("reactants>")), None)
+        if column is None:
+            raise ValueError(f"{path}: no 'reactants>reagents>production' column (columns: {reader.fieldnames})")
+        for n, row in enumerate(reader):
+            text = row[column]
+            parsed = parse_reaction(text)
+            if parsed is None:
+                skipped += 1
+                log.warning("%s:%d: invalid reaction SMILES skipped: %.120s", path, n + 2, text)
+                continue
+            try:
+                cls = int(row.get("class") or 0)
+            except ValueError:
+                cls = 0
+            reactions.append(Reaction(row.get("id") or f"{path.stem}-{n}", cls, *parsed,
+                                      mapped=text if _has_maps(text) else None))
+    return reactions, skipped
+
+
+def random_smiles(smiles: str, seed: int) -> str:
+    """A random (non-canonical) SMILES of the same molecule(s), reproducible from ``seed``."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return smiles
+    out = Chem.MolToRandomSmilesVect(mol, 1, randomSeed=int(seed) % (2**31 - 1) + 1)
+    return out[0] if out else smiles
+
+
+def random_disconnections(smiles: str, max_examples: int = 10, seed: int = 0) -> list[str]:
+    """Random pre-training targets of the paper: break one acyclic single bond between heavy atoms;
+    the two fragments (canonical, ``.``-joined) are the target. Up to ``max_examples`` distinct ones."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return []
+    bonds = [b.GetIdx() for b in mol.GetBonds() if b.GetBondType() == Chem.BondType.SINGLE and not b.IsInRing()]
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(bonds), generator=gen).tolist()
+    out: list[str] = []
+    for i in order:
+        frag = Chem.FragmentOnBonds(mol, [bonds[i]], addDummies=False)
+        try:
+            Chem.SanitizeMol(frag)
+            for atom in frag.GetAtoms():  # let RDKit recompute hydrogens on the broken ends
+                atom.SetNoImplicit(False)
+                if atom.GetIsAromatic() and atom.GetSymbol() == "N":
+                    continue
+                atom.SetNumExplicitHs(0)
+            Chem.SanitizeMol(frag)
+        except Exception:  # noqa: BLE001 (RDKit raises several types) - an unsanitisable break is skipped
+            continue
+        target = canonical_set(Chem.MolToSmiles(frag))
+        if target is None or target in out or "." not in target:
+            continue
+        out.append(target)
+        if len(out) >= max_examples:
+            break
+    return out
+
+
+class Seq2SeqDataset(Dataset):
+    """(source tokens, target tokens, class, target SMILES) examples; encoded at batch time."""
+
+    def __init__(self, sources: list[list[str]], targets: list[list[str]], classes: list[int],
+                 products: list[str], reactants: list[str]) -> None:
+        self.sources, self.targets, self.classes = sources, targets, classes
+        self.products, self.reactants = products, reactants
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t) + 1) for s, t in zip(self.sources, self.targets)]
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of examples of similar length whose padded size ``n * max_len`` stays within ``max_tokens``.
+
+    Shards itself across DDP ranks (run with ``use_distributed_sampler: false``): with ``shuffle`` the
+    batch order is permuted with ``seed + epoch`` and the batch count padded to a multiple of the world
+    size (so every rank runs as many optimiser steps); without it every batch is seen exactly once.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool, seed: int = 0,
+                 max_batch: int | None = None) -> None:
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        cur_max = 0
+        for i in order:
+            new_max = max(cur_max, lengths[i])
+            if cur and (new_max * (len(cur) + 1) > max_tokens or (max_batch and len(cur) >= max_batch)):
+                batches.append(cur)
+                cur, new_max = [], lengths[i]
+            cur.append(i)
+            cur_max = new_max
+        if cur:
+            batches.append(cur)
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _world(self) -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _local(self) -> list[list[int]]:
+        rank, world = self._world()
+        batches = self.batches
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            batches = [batches[i] for i in perm.tolist()]
+            if world > 1 and len(batches) % world:
+                batches = batches + batches[: world - len(batches) % world]
+        return batches[rank::world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._local())
+
+    def __len__(self) -> int:
+        return len(self._local())
+
+
+class USPTODataModule(LightningDataModule):
+    """USPTO-50k (or its offline sample) for retrosynthesis seq2seq.
+
+    Args:
+        data_dir: folder with the CSVs; default ``$PAPERZOO_DATA/uspto_50k``.
+        train_file: ``auto`` = ``raw_train.csv`` if present, else ``raw_train_UNMAPPED_derived.csv``.
+        val_file, test_file: CSV (USPTO format) or ``.txt`` (``product>>reactants`` a line).
+        augment: "Aug" of the paper: extra training copies per example with a random non-canonical
+            product SMILES (fixed at setup, reproducible from ``seed``).
+        pretrain: ``random``: replace the training targets by random disconnections of the training
+            products (up to ``pretrain_examples`` each; the paper's Pre-train (R)).
+        max_tokens: token budget of a training batch (padded ``batch * max(len(src), len(tgt)+1)``).
+        eval_batch_size: products per validation/test batch (beam search memory grows with it).
+        train_subset, eval_subset: keep only the first N reactions (quick runs).
+        max_length: drop (counted, logged) examples whose source or target is longer (tokens).
+    """
+
+    folder = "uspto_50k"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        train_file: str = "auto",
+        val_file: str = "raw_val.csv",
+        test_file: str = "raw_test.csv",
+        augment: int = 0,
+        pretrain: Literal["none", "random"] = "none",
+        pretrain_examples: int = 10,
+        max_tokens: int = 4096,
+        max_batch: int | None = None,
+        eval_batch_size: int = 64,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
+        max_length: int = 300,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = resolve_data_dir(data_dir, self.folder)
+        self.vocab: Vocabulary | None = None
+        self.skipped: dict[str, int] = {}
+        self.splits: dict[str, list[Reaction]] = {}
+        self.datasets: dict[str, Seq2SeqDataset] = {}
+
+    # ------------------------------------------------------------------ reading
+    def _path(self, split: str) -> Path:
+        name = getattr(self.hparams, f"{split}_file")
+        if split == "train" and name == "auto":
+            mapped = self.data_dir / "raw_train.csv"
+            name = mapped.name if mapped.is_file() else "raw_train_UNMAPPED_derived.csv"
+        path = self.data_dir / name
+        if not path.is_file():
+            raise missing_data_error("USPTO-50k", self.data_dir, "uspto", None)
+        return path
+
+    def reactions(self, split: str) -> list[Reaction]:
+        """Canonical reactions of a split (``train``/``val``/``test``), invalid lines skipped and counted."""
+        if split not in self.splits:
+            path = self._path(split)
+            reactions, skipped = read_reactions(path)
+            subset = self.hparams.train_subset if split == "train" else self.hparams.eval_subset
+            if subset is not None:
+                reactions = reactions[:subset]
+            self.splits[split] = reactions
+            self.skipped[split] = skipped
+            log.info("USPTO %s: %d reactions from %s, %d invalid lines skipped", split, len(reactions), path, skipped)
+        return self.splits[split]
+
+    def _examples(self, split: str) -> Seq2SeqDataset:
+        reactions = self.reactions(split)
+        seed = self.hparams.seed
+        pairs: list[tuple[str, str, int, str]] = []  # source smiles, target smiles, class, product
+        if split == "train" and self.hparams.pretrain == "random":
+            for i, r in enumerate(reactions):
+                for t in random_disconnections(r.product, self.hparams.pretrain_examples, seed + i):
+                    pairs.append((r.product, t, r.cls, r.product))
+        else:
+            pairs = [(r.product, r.reactants, r.cls, r.product) for r in reactions]
+        if split == "train" and self.hparams.augment:
+            extra = []
+            for i, (src, tgt, c, p) in enumerate(pairs):
+                for a in range(self.hparams.augment):
+                    extra.append((random_smiles(src, seed * 1_000_003 + i * 31 + a), tgt, c, p))
+            pairs += extra
+        sources, targets, classes, products, reactants = [], [], [], [], []
+        too_long = 0
+        for src, tgt, c, p in pairs:
+            s, t = tokenize(src), tokenize(tgt)
+            if max(len(s), len(t)) > self.hparams.max_length:
+                too_long += 1
+                continue
+            sources.append(s)
+            targets.append(t)
+            classes.append(c)
+            products.append(p)
+            reactants.append(tgt)
+        if too_long:
+            log.warning("USPTO %s: %d examples longer than max_length=%d tokens skipped", split, too_long,
+                        self.hparams.max_length)
+        self.skipped[f"{split}_too_long"] = too_long
+        return Seq2SeqDataset(sources, targets, classes, products, reactants)
+
+    def setup(self, stage: str | None = None) -> None:
+        # the vocabulary always comes from the training split (and is saved in the checkpoint)
+        if "train" not in self.datasets:
+            self.datasets["train"] = self._examples("train")
+        if self.vocab is None:
+            ds = self.datasets["train"]
+            self.vocab = Vocabulary.build(ds.sources + ds.targets)
+            log.info("USPTO vocabulary: %d tokens from the training split", len(self.vocab))
+        for split in ("val", "test"):
+            if split not in self.datasets and stage in (None, "fit", "validate", "test", "predict"):
+                if split == "val" and stage in ("test", "predict"):
+                    continue
+                if split == "test" and stage in ("fit", "validate"):
+                    continue
+                self.datasets[split] = self._examples(split)
+
+    def skip_counts(self) -> dict[str, int]:
+        """Counted skips per split (invalid SMILES lines, too-long examples): logged by the module."""
+        return dict(self.skipped)
+
+    # ------------------------------------------------------------------ batching
+    def collate(self, split: str):
+        ds = self.datasets[split]
+        vocab = self.vocab
+
+        def fn(indices: list[int]) -> dict:
+            src = [vocab.encode(ds.sources[i]) for i in indices]
+            tgt = [vocab.encode(ds.targets[i], bos=True, eos=True) for i in indices]
+            return {
+                "src": _pad(src, vocab.pad),
+                "tgt": _pad(tgt, vocab.pad),
+                "cls": torch.tensor([ds.classes[i] for i in indices], dtype=torch.long),
+                "product": [ds.products[i] for i in indices],
+                "reactants": [ds.reactants[i] for i in indices],
+            }
+
+        return fn
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup("test" if split == "test" else "fit")
+        ds = self.datasets[split]
+        if shuffle:
+            sampler = TokenBudgetBatchSampler(ds.lengths(), self.hparams.max_tokens, True, self.hparams.seed,
+                                              self.hparams.max_batch)
+        else:
+            n = self.hparams.eval_batch_size
+            lengths = ds.lengths()
+            sampler = TokenBudgetBatchSampler(lengths, n * max(lengths, default=1), False, max_batch=n)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate(split),
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict:
+        return {"vocab": self.vocab.itos if self.vocab is not None else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("vocab"):
+            self.vocab = Vocabulary(state_dict["vocab"])
+
+
+def _pad(seqs: list[list[int]], pad: int) -> Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def token_count(batch: dict) -> int:
+    """Non-pad target tokens of a batch (for throughput)."""
+    return int((batch["tgt"][:, 1:] != Vocabulary.pad).sum())
+
+
+__all__ = [
+    "CLASS_NAMES", "Reaction", "SMILES_REGEX", "TokenBudgetBatchSampler", "USPTODataModule", "Vocabulary",
+    "random_disconnections", "random_smiles", "read_reactions", "tokenize",
+]

@@ -1,0 +1,187 @@
+"""USPTO-50k DataModule, SMILES tokenizer, token-budget batching and the offline sample builder."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from rdkit import Chem
+
+from datamodules.base import DataNotFoundError
+from datamodules.uspto import (
+    TokenBudgetBatchSampler,
+    USPTODataModule,
+    Vocabulary,
+    random_disconnections,
+    random_smiles,
+    read_reactions,
+    tokenize,
+)
+from metrics.chemistry import canonical_set
+
+
+@functools.lru_cache(maxsize=1)
+def uspto_sample() -> Path:
+    """The default offline sample, built once per test process (a data root holding ``uspto_50k/``)."""
+    from datamodules.samples import uspto
+
+    root = Path(tempfile.mkdtemp(prefix="uspto_sample_"))
+    uspto.build(root)
+    return root
+
+
+def test_tokenizer_examples() -> None:
+    assert tokenize("Brc1ccc(Cl)cc1") == ["Br", "c", "1", "c", "c", "c", "(", "Cl", ")", "c", "c", "1"]
+    assert tokenize("[NH3+]C%12CC%12") == ["[NH3+]", "C", "%12", "C", "C", "%12"]
+    assert tokenize("C/C=C\\[C@@H](O)#N") == ["C", "/", "C", "=", "C", "\\", "[C@@H]", "(", "O", ")", "#", "N"]
+    with pytest.raises(ValueError):
+        tokenize("C{C}")
+
+
+def test_sample_reactions_well_formed_and_tokens_round_trip() -> None:
+    folder = uspto_sample() / "uspto_50k"
+    n_smiles = 0
+    classes = set()
+    for split in ("train", "val", "test"):
+        with open(folder / f"raw_{split}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and list(rows[0]) == ["id", "class", "reactants>reagents>production"]
+        for row in rows:
+            classes.add(int(row["class"]))
+            reac, reagents, prod = row["reactants>reagents>production"].split(">")
+            assert reagents == ""
+            pmol, rmol = Chem.MolFromSmiles(prod), Chem.MolFromSmiles(reac)
+            assert pmol is not None and rmol is not None
+            # USPTO convention: product atoms numbered 1..n, each from exactly one reactant atom
+            pmaps = sorted(a.GetAtomMapNum() for a in pmol.GetAtoms())
+            rmaps = sorted(a.GetAtomMapNum() for a in rmol.GetAtoms() if a.GetAtomMapNum())
+            assert pmaps == list(range(1, pmol.GetNumAtoms() + 1)) == rmaps
+            for a in rmol.GetAtoms():  # mapped atoms keep their element
+                if a.GetAtomMapNum():
+                    assert a.GetSymbol() == pmol.GetAtomWithIdx(a.GetAtomMapNum() - 1).GetSymbol()
+            for smi in (reac, prod, canonical_set(reac), canonical_set(prod)):
+                assert "".join(tokenize(smi)) == smi
+                n_smiles += 1
+    assert classes == set(range(1, 11))  # every USPTO-50k class
+    assert n_smiles > 1500
+
+
+def test_datamodule_counts_invalid_skips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "uspto_50k"
+    folder.mkdir()
+    src = uspto_sample() / "uspto_50k"
+    for split in ("train", "val", "test"):
+        lines = (src / f"raw_{split}.csv").read_text().splitlines()
+        if split == "val":
+            lines += ["BAD1,1,C1CC>>CCO", "BAD2,2,CCO>>C(C)(C)(C)(C)C"]  # unclosed ring; pentavalent carbon
+        (folder / f"raw_{split}.csv").write_text("\n".join(lines) + "\n")
+    dm = USPTODataModule(data_dir=str(folder), max_tokens=2000)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.skip_counts()["val"] == 2 and dm.skip_counts()["train"] == 0
+    assert sum("invalid reaction SMILES skipped" in r.message for r in caplog.records) == 2
+    n_val = len((src / "raw_val.csv").read_text().splitlines()) - 1
+    assert len(dm.datasets["val"]) == n_val
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["tgt"][:, 0].eq(Vocabulary.bos).all()
+    assert batch["src"].numel() <= 2000 or len(batch["src"]) == 1
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    dm = USPTODataModule(data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(DataNotFoundError, match="python -m datamodules.samples uspto"):
+        dm.setup("fit")
+
+
+def test_plain_product_reactant_list(tmp_path: Path) -> None:
+    (tmp_path / "train.txt").write_text("CC(=O)NC>>CC(=O)O.CN\nNOT_A_SMILES>>CC\n")
+    reactions, skipped = read_reactions(tmp_path / "train.txt")
+    assert skipped == 1 and len(reactions) == 1
+    assert reactions[0].product == "CNC(C)=O" and reactions[0].reactants == canonical_set("CN.CC(=O)O")
+
+
+def test_augmentation_and_vocab_checkpointing() -> None:
+    smi = "CC(=O)Nc1ccc(O)cc1"
+    variants = {random_smiles(smi, s) for s in range(10)}
+    assert len(variants) > 3 and all(canonical_set(v) == canonical_set(smi) for v in variants)
+    dm = USPTODataModule(data_dir=str(uspto_sample() / "uspto_50k"), augment=1)
+    dm.setup("fit")
+    n = len(dm.reactions("train"))
+    ds = dm.datasets["train"]
+    assert len(ds) == 2 * n
+    # the extra copy is the same product spelled differently, with the same target
+    assert canonical_set("".join(ds.sources[n])) == canonical_set("".join(ds.sources[0]))
+    assert ds.targets[n] == ds.targets[0]
+    state = dm.state_dict()
+    fresh = USPTODataModule()
+    fresh.load_state_dict(state)
+    assert fresh.vocab == dm.vocab
+
+
+def test_token_budget_batches_cover_and_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [int(x) for x in torch.randint(5, 90, (300,), generator=torch.Generator().manual_seed(0))]
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens=600, shuffle=False)
+    seen = [i for b in sampler for i in b]
+    assert sorted(seen) == list(range(300))  # every example exactly once
+    assert all(len(b) * max(lengths[i] for i in b) <= 600 for b in sampler)
+    # two ranks: disjoint shards covering everything (evaluation), equal lengths when shuffled (training)
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(TokenBudgetBatchSampler, "_world", lambda self, r=rank: (r, 2))
+        shards.append([i for b in sampler for i in b])
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) + len(shards[1]) == 300
+    train = TokenBudgetBatchSampler(lengths, max_tokens=600, shuffle=True)
+    counts = []
+    for rank in (0, 1):
+        monkeypatch.setattr(TokenBudgetBatchSampler, "_world", lambda self, r=rank: (r, 2))
+        counts.append(len(list(train)))
+    assert counts[0] == counts[1]
+
+
+def test_random_disconnections_break_one_acyclic_bond() -> None:
+    smi = "CC(=O)Nc1ccc(OCC)cc1"
+    targets = random_disconnections(smi, max_examples=10, seed=0)
+    heavy = Chem.MolFromSmiles(smi).GetNumAtoms()
+    assert 3 <= len(targets) <= 10 and len(set(targets)) == len(targets)
+    for t in targets:
+        frags = t.split(".")
+        assert len(frags) == 2
+        assert sum(Chem.MolFromSmiles(f).GetNumAtoms() for f in frags) == heavy
+        assert Chem.MolFromSmiles(smi).GetRingInfo().NumRings() == Chem.MolFromSmiles(t).GetRingInfo().NumRings()
+
+
+@pytest.mark.realdata
+def test_real_uspto_files_read(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "uspto_50k"
+    # the atom-mapped val/test files and the unmapped training file; first 300 lines of each
+    small = tmp_path / "uspto_50k"
+    small.mkdir()
+    for name in ("raw_val.csv", "raw_test.csv", "raw_train_UNMAPPED_derived.csv"):
+        with open(folder / name) as f:
+            head = [next(f) for _ in range(301)]
+        (small / name).write_text("".join(head))
+    dm = USPTODataModule(data_dir=str(small))
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm._path("train").name == "raw_train_UNMAPPED_derived.csv"
+    assert {k: dm.skip_counts()[k] for k in ("train", "val", "test")} == {"train": 0, "val": 0, "test": 0}
+    assert len(dm.reactions("train")) == len(dm.reactions("val")) == len(dm.reactions("test")) == 300
+    test0 = dm.reactions("test")[0]
+    assert test0.mapped is not None and ":" not in test0.product and test0.cls == 5
+    assert dm.reactions("train")[0].mapped is None
+    for r in dm.reactions("val") + dm.reactions("train"):
+        assert "".join(tokenize(r.product)) == r.product and "".join(tokenize(r.reactants)) == r.reactants
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_uspto_full_sizes(shared_data: Path) -> None:
+    dm = USPTODataModule(data_dir=str(shared_data / "uspto_50k"))
+    sizes = {s: len(dm.reactions(s)) + dm.skip_counts()[s] for s in ("train", "val", "test")}
+    assert sizes == {"train": 40008, "val": 5001, "test": 5007}
+    assert sum(dm.skip_counts()[s] for s in ("train", "val", "test")) == 0
