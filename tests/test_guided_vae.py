@@ -1,0 +1,182 @@
+"""Guided-VAE modules: the unsupervised deformable-PCA guide and the supervised excitation/inhibition game."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules.guided_vae import GuidedVAE, SupervisedGuidedVAE, chance_error, linear_probe_error
+from tests.helpers import CONFIGS, QUIET, out_args, plugin_tags, run_cli, scalars, version_dirs
+
+MNIST_CONFIG = str(CONFIGS / "guided_vae_mnist.yaml")
+MLP = {"hidden": [64]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# unsupervised
+# ---------------------------------------------------------------------------------------------------------
+def test_guided_loss_is_the_vae_loss_plus_the_weighted_guide_term() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 28, 28)
+    guided = GuidedVAE(latent_dim=6, def_dim=2, deformation="both", arch="mlp", arch_kwargs=MLP, guide_weight=2.5)
+    plain = GuidedVAE(latent_dim=6, def_dim=2, deformation="both", arch="mlp", arch_kwargs=MLP, guide_weight=0.0)
+    plain.load_state_dict(guided.state_dict())
+    for m in (guided, plain):
+        m.log = lambda *a, **k: None  # no trainer attached
+    loss_guided = guided._step((x,), "val")  # val: posterior mean, deterministic
+    loss_plain = plain._step((x,), "val")
+    mu, _ = guided.encoder(x)
+    guide = ((guided.guide_reconstruction(mu) - x) ** 2).sum() / len(x)
+    assert torch.allclose(loss_guided, loss_plain + 2.5 * guide, rtol=1e-5)
+    # with the guide off its parameters are not even optimised
+    plain.optimizer = lambda p: torch.optim.SGD(p, lr=0.1)
+    opt = plain.configure_optimizers()
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for n, p in plain.named_parameters() if not n.startswith("guide."))
+
+
+def test_bad_configuration_and_bad_input_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="at least one content variable"):
+        GuidedVAE(latent_dim=4, def_dim=4)
+    with pytest.raises(ValueError, match="needs def_dim >= 2"):
+        GuidedVAE(latent_dim=8, def_dim=1, deformation="both")
+    model = GuidedVAE(latent_dim=4, def_dim=1, deformation="rotation", arch="mlp", arch_kwargs=MLP)
+    with pytest.raises(ValueError, match="scale: unit"):
+        model._step((torch.randn(2, 1, 28, 28) * 3,), "train")  # standardised images under a Bernoulli likelihood
+
+
+def test_cli_fit_logs_losses_and_traversal_grids(sample_data: Path, tmp_path: Path) -> None:
+    run_cli(["fit", "--config", MNIST_CONFIG, *out_args(tmp_path), *QUIET, "--trainer.max_epochs=2",
+             "--trainer.limit_train_batches=8", "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1"])
+    (log_dir,) = version_dirs(tmp_path, "guided_vae_mnist")
+    tags = scalars(log_dir)
+    assert {"train/loss", "train/recon", "train/kl", "train/guide", "val/loss", "val/recon", "val/guide", "val/mse"} <= set(tags)
+    # 16 steps of training lower the reconstruction term and the guide's error
+    assert tags["train/recon"][-1][1] < tags["train/recon"][0][1]
+    assert tags["val/guide"][-1][1] < tags["train/guide"][0][1]
+    images = plugin_tags(log_dir, "images")
+    assert {"val/traversal_guided", "val/traversal_all", "val/reconstructions", "val/pca_basis",
+            "val/guide_reconstructions"} <= images
+    ckpt = tmp_path / "guided_vae_mnist" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 16 and state["hyper_parameters"]["deformation"] == "both"
+    # resume continues from the checkpoint
+    cli = run_cli(["fit", "--config", MNIST_CONFIG, *out_args(tmp_path), *QUIET, "--trainer.max_epochs=3",
+                   "--trainer.limit_train_batches=8", "--trainer.limit_val_batches=2", "--ckpt_path", str(ckpt)])
+    assert cli.trainer.global_step == 24
+
+
+def test_traversal_moves_only_the_swept_latent() -> None:
+    torch.manual_seed(0)
+    model = GuidedVAE(latent_dim=6, def_dim=2, arch="mlp", arch_kwargs=MLP, traversal_steps=5).eval()
+    x = torch.rand(1, 1, 28, 28)
+    captured = []
+    model.decode = lambda z: captured.append(z) or torch.zeros(len(z), 1, 28, 28)
+    model.traversal(x, [0, 3])
+    codes = captured[0]
+    mu, _ = model.encoder(x)
+    assert codes.shape == (10, 6)
+    assert torch.allclose(codes[:5, 0], torch.linspace(-3, 3, 5)) and torch.allclose(codes[5:, 3], torch.linspace(-3, 3, 5))
+    keep = [1, 2, 4, 5]
+    assert torch.allclose(codes[:, keep], mu[:, keep].expand(10, -1))
+
+
+def test_linear_probe_and_chance_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (600,), generator=g)
+    informative = torch.nn.functional.one_hot(y, 3).float() + 0.1 * torch.randn(600, 3, generator=g)
+    noise = torch.randn(600, 3, generator=g)
+    assert linear_probe_error(informative[:400], y[:400], informative[400:], y[400:]) < 0.02
+    assert linear_probe_error(noise[:400], y[:400], noise[400:], y[400:]) > 0.5
+    assert chance_error(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1, 1])) == 0.75
+    with pytest.raises(ValueError, match="single class"):
+        linear_probe_error(noise, torch.zeros(600), noise, y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# supervised: excitation and inhibition
+# ---------------------------------------------------------------------------------------------------------
+def _attribute_batch(n: int = 64, side: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose left half brightness is attribute 0 and right half attribute 1 (plus noise)."""
+    g = torch.Generator().manual_seed(0)
+    attrs = torch.randint(0, 2, (n, 2), generator=g)
+    x = 0.1 + 0.2 * torch.rand(n, 3, side, side, generator=g)
+    x[:, :, :, : side // 2] += 0.6 * attrs[:, 0, None, None, None]
+    x[:, :, :, side // 2 :] += 0.6 * attrs[:, 1, None, None, None]
+    return x.clamp(0, 1), attrs
+
+
+def _attached_model(inhibition: str = "maximize", lr: float = 1e-2) -> tuple[SupervisedGuidedVAE, torch.Tensor, torch.Tensor]:
+    """A small supervised model, attached to a trainer by one step of fit on the fixed batch."""
+    torch.manual_seed(0)
+    x, attrs = _attribute_batch()
+    model = SupervisedGuidedVAE(
+        in_channels=3, image_size=8, latent_dim=6, attributes=[0, 1], arch="mlp", arch_kwargs=MLP,
+        inhibition=inhibition, inhibition_weight=10.0,
+        optimizer=lambda p: torch.optim.Adam(p, lr=lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+    )
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DataLoader(TensorDataset(x, attrs), batch_size=len(x)))
+    return model, x, model.targets(attrs)
+
+
+@pytest.mark.parametrize("inhibition", ["maximize", "confuse"])
+def test_inhibition_step_raises_the_adversarys_loss_on_a_fixed_batch(inhibition: str) -> None:
+    model, x, y = _attached_model(inhibition)
+    model.train()
+    for _ in range(150):  # a well-trained adversary: it reads the attributes off z_rst
+        with torch.no_grad():
+            z = model._encode(x, sample=False)[2]
+        model.adversary_step(z, y)
+
+    def adversary_loss(m: SupervisedGuidedVAE) -> float:
+        with torch.no_grad():
+            return m.adversary_loss(m._encode(x, sample=False)[2], y).item()
+
+    before = adversary_loss(model)
+    control = copy.deepcopy(model)
+    control._trainer = model._trainer
+    control.hparams.inhibition_weight = 0.0
+    torch.manual_seed(1)
+    model.vae_step(x, y)
+    torch.manual_seed(1)
+    control.vae_step(x, y)
+    after, after_control = adversary_loss(model), adversary_loss(control)
+    assert after > before * 1.05, (before, after)
+    assert after > after_control, (after, after_control)
+
+
+def test_excitation_makes_z_t_predict_the_attribute() -> None:
+    model, x, y = _attached_model()
+    model.train()
+    with torch.no_grad():
+        initial = model.excitation_loss(model._encode(x, sample=False)[2], y).item()
+    for _ in range(60):
+        encoded = model._encode(x, sample=True)
+        model.adversary_step(encoded[2], y)
+        model.vae_step(x, y, encoded)
+    mu = model._encode(x, sample=False)[2]
+    excitation_error = ((mu[:, :2] > 0).float() != y).float().mean().item()
+    assert excitation_error < 0.1
+    assert model.excitation_loss(mu, y).item() < 0.5 * initial
+
+
+def test_attribute_names_resolve_against_the_data() -> None:
+    model = SupervisedGuidedVAE(latent_dim=16, attributes=["Smiling", "Male", "Black_Hair"])
+    model.resolve_attributes()  # the official CelebA order
+    assert model.attribute_columns.tolist() == [31, 20, 8]
+    model.resolve_attributes(["Male", "Smiling", "Black_Hair"])
+    assert model.attribute_columns.tolist() == [1, 0, 2]
+    attrs = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    assert model.targets(attrs).tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    assert model.targets(attrs * 2 - 1).tolist() == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]  # +-1 encoding too
+    with pytest.raises(ValueError, match="unknown attribute 'Smiling'"):
+        model.resolve_attributes(["Male"])
+    with pytest.raises(ValueError, match="1 <= number of attributes"):
+        SupervisedGuidedVAE(latent_dim=2, attributes=["Male", "Smiling"])
