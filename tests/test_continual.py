@@ -175,3 +175,43 @@ def test_bad_arguments() -> None:
         EWCPenalty(gamma=1.5)
     with pytest.raises(AttributeError):
         Trainer(max_steps=1, callbacks=[EWCPenalty(target="nope")], **TRAINER).fit(Tiny())
+
+
+class DumpPenaltyState(Callback):
+    """Each rank saves its penalty callbacks' S, P, R and task count (used by the DDP test's subprocess)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        states = {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks if isinstance(cb, ContinualPenalty)}
+        torch.save(states, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_hold_identical_s_and_p(tmp_path: Path) -> None:
+    import json
+
+    from tests.helpers import CONFIGS, QUIET, out_args, run_cli_subprocess
+
+    dump = {"class_path": "tests.test_continual.DumpPenaltyState", "init_args": {"out_dir": str(tmp_path)}}
+    is_penalty = {"class_path": "ISPenalty", "init_args": {"alpha": 4, "lam": 10.0}}
+    result = run_cli_subprocess([
+        "fit", "--config", str(CONFIGS / "ewc_gan_gaussians.yaml"), *QUIET, *out_args(tmp_path),
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp_find_unused_parameters_true",
+        "--trainer.max_steps=40", "--trainer.val_check_interval=10", "--trainer.log_every_n_steps=5",
+        "--data.init_args.train_size=8192", "--data.init_args.batch_size=64", "--model.init_args.eval_samples=1000",
+        "--trainer.callbacks.alpha=5", f"--trainer.callbacks+={json.dumps(is_penalty)}",
+        f"--trainer.callbacks+={json.dumps(dump)}",
+    ])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert set(ranks[0]) == {"EWCPenalty", "ISPenalty"}
+    for name in ranks[0]:
+        a, b = ranks[0][name], ranks[1][name]
+        assert a["tasks"] == b["tasks"] == (4 if name == "EWCPenalty" else 5)  # 20 D steps per rank
+        for key in ("S", "P"):
+            for x, y in zip(a[key], b[key]):
+                assert torch.equal(x, y), (name, key)
+        assert a["R"] == b["R"] and sum(float(s.abs().sum()) for s in a["S"]) > 0
