@@ -20,7 +20,8 @@ Importance ``Q``:
 * ``fisher`` (:class:`EWCPenalty`): the diagonal empirical Fisher, the squared gradient of a loss on a
   fresh minibatch at ``theta*_k``. The module provides that loss by defining ``importance_loss(self) -> Tensor``
   (the GAN modules: the discriminator loss on a real batch and freshly generated samples). A module without
-  it gets the squared gradient of the task's last step (the gradient already computed; no extra pass).
+  it, or ``fresh_batch=False``, gets the squared gradient of the task's last step (the gradient already
+  computed: no extra forward/backward pass, the cheap choice for ``alpha=1``).
 * ``path`` (:class:`ISPenalty`): the path integral ``sum_t -g_t * (theta_{t+1} - theta_t)`` over the task's
   steps, with ``g_t`` the gradient of the module's own loss (before the penalty is added), *without* the
   ``(Delta theta)^2 + xi`` normaliser (the paper drops it). Negative task totals (the task raised the loss
@@ -65,6 +66,8 @@ class ContinualPenalty(Callback):
         importance: ``fisher`` (EWC), ``path`` (IS) or ``ones``.
         reference: keep the reference term theta* (``False``: P = 0, the penalty pulls towards 0).
         log_key: name of the logged penalty.
+        fresh_batch: ``fisher`` from the module's ``importance_loss()`` (an extra pass on a fresh minibatch);
+            ``False``: from the gradient of the task's last step.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ContinualPenalty(Callback):
         importance: Importance = "fisher",
         reference: bool = True,
         log_key: str = "train/ewc_penalty",
+        fresh_batch: bool = True,
     ) -> None:
         if alpha < 1:
             raise ValueError(f"alpha (steps per task) must be >= 1, got {alpha}")
@@ -85,6 +89,7 @@ class ContinualPenalty(Callback):
             raise ValueError(f"importance must be fisher, path or ones, got {importance!r}")
         self.target, self.lam, self.alpha, self.gamma = target, float(lam), int(alpha), float(gamma)
         self.importance, self.reference, self.log_key = importance, reference, log_key
+        self.fresh_batch = fresh_batch
         self.log_every_step = False  # compute the logged value only on the trainer's logging steps
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
@@ -152,7 +157,7 @@ class ContinualPenalty(Callback):
         if optimizer is not self._optimizer:
             return
         ending = (self.steps + 1) % self.alpha == 0
-        if self.importance == "path" or (ending and self.importance == "fisher" and not hasattr(pl_module, "importance_loss")):
+        if self.importance == "path" or (ending and self.importance == "fisher" and not self._fresh(pl_module)):
             self._grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.importance == "path":
             self._theta = [p.detach().clone() for p in self.params]
@@ -191,7 +196,7 @@ class ContinualPenalty(Callback):
         if self.importance == "path":
             return [o.clamp(min=0.0) for o in self.omega]
         module = self._module
-        if hasattr(module, "importance_loss"):
+        if self._fresh(module):
             with torch.enable_grad():
                 flags = [p.requires_grad for p in self.params]
                 for p in self.params:
@@ -205,6 +210,9 @@ class ContinualPenalty(Callback):
         else:
             grads = self._grad or [torch.zeros_like(p) for p in self.params]
         return [g.detach() ** 2 for g in grads]
+
+    def _fresh(self, module) -> bool:
+        return self.fresh_batch and hasattr(module, "importance_loss")
 
     def _mean_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
         trainer = self._trainer
@@ -285,8 +293,9 @@ class EWCPenalty(ContinualPenalty):
         importance: Importance = "fisher",
         reference: bool = True,
         log_key: str = "train/ewc_penalty",
+        fresh_batch: bool = True,
     ) -> None:
-        super().__init__(target, lam, alpha, gamma, importance, reference, log_key)
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fresh_batch)
 
 
 class ISPenalty(ContinualPenalty):
@@ -301,5 +310,6 @@ class ISPenalty(ContinualPenalty):
         importance: Importance = "path",
         reference: bool = True,
         log_key: str = "train/is_penalty",
+        fresh_batch: bool = True,
     ) -> None:
-        super().__init__(target, lam, alpha, gamma, importance, reference, log_key)
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fresh_batch)
