@@ -130,9 +130,25 @@ def parse_reaction(text: str, product_first: bool = False) -> tuple[str, str] | 
     return p, r
 
 
+_READ_CACHE: dict[tuple[str, int, int], tuple[list[Reaction], int]] = {}
+
+
 def read_reactions(path: Path) -> tuple[list[Reaction], int]:
     """Reactions of a USPTO CSV (``id,class,reactants>reagents>production[,...]``) or a plain
-    ``product>>reactants`` list; returns (reactions, number of skipped invalid lines)."""
+    ``product>>reactants`` list; returns (reactions, number of skipped invalid lines).
+
+    Parsed files are memoised per process (keyed by path, size and mtime): a fit followed by a test in
+    one process canonicalises the 50k reactions once."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _READ_CACHE:
+        _READ_CACHE[key] = _read_reactions(path)
+    reactions, skipped = _READ_CACHE[key]
+    return list(reactions), skipped
+
+
+def _read_reactions(path: Path) -> tuple[list[Reaction], int]:
     reactions: list[Reaction] = []
     skipped = 0
     if path.suffix in (".txt", ".smi"):

@@ -5,6 +5,7 @@ message-passing reaction-class classifier). Imports nothing of ours.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -150,8 +151,10 @@ def _onehot(value, choices) -> list[float]:
     return out
 
 
+@functools.lru_cache(maxsize=100_000)
 def mol_graph(smiles: str) -> tuple[Tensor, Tensor] | None:
-    """Atom features ``(n, ATOM_FEATURES)`` and directed edge index ``(2, 2m)`` of a (multi-)molecule."""
+    """Atom features ``(n, ATOM_FEATURES)`` and directed edge index ``(2, 2m)`` of a (multi-)molecule
+    (memoised: a product is featurised once for its ten predictions)."""
     mol = Chem.MolFromSmiles(smiles) if smiles else None
     if mol is None or mol.GetNumAtoms() == 0:
         return None

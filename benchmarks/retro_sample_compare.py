@@ -1,0 +1,113 @@
+"""Base vs mixture SMILES Transformer on a USPTO-format data set, each trained for a fixed wall-clock budget.
+
+One command trains the base model (``configs/retro_uspto.yaml``) and the mixture (``configs/retro_mixture_uspto.yaml``,
+``--latent`` classes, online hard-EM) with the same small architecture and budget, tests both on the test split
+with beam search and prints top-1/3/5/10, invalid fraction and unique-classes@10. By default it builds the
+offline sample (synthetic reactions of real molecules) in a temporary folder.
+
+    flock /tmp/paperzoo-cpu.lock python benchmarks/retro_sample_compare.py --budget 00:00:03:00
+    python benchmarks/retro_sample_compare.py --data-root ../shared/data --accelerator gpu --budget 00:00:03:00 \\
+        --d-model 256 --layers 4 --ff 2048     # real USPTO-50k, Molecular Transformer sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
+    from lightning_modules.cli import cli
+
+    common = [
+        "--config", str(REPO / "configs" / config),
+        f"--trainer.default_root_dir={args.out}", f"--trainer.logger.init_args.save_dir={args.out}",
+        f"--trainer.logger.init_args.name={name}", f"--checkpoint.dirpath={args.ckpt_dir or args.out}/{name}/checkpoints",
+        f"--trainer.accelerator={args.accelerator}", "--trainer.devices=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--model.init_args.d_model={args.d_model}", f"--model.init_args.num_encoder_layers={args.layers}",
+        f"--model.init_args.num_decoder_layers={args.layers}", f"--model.init_args.dim_feedforward={args.ff}",
+        f"--model.init_args.warmup_steps={args.warmup}", f"--model.init_args.noam_factor={args.noam_factor}", f"--model.init_args.max_decode_len={args.max_decode_len}",
+        f"--model.init_args.classifier_epochs={args.classifier_epochs}",
+        f"--data.init_args.max_tokens={args.max_tokens}", f"--data.init_args.eval_batch_size={args.eval_batch_size}",
+        f"--data.init_args.augment={args.augment}",
+        *extra,
+    ]
+    if args.eval_subset:
+        common.append(f"--data.init_args.eval_subset={args.eval_subset}")
+    if args.classifier_max:
+        common.append(f"--model.init_args.classifier_max_examples={args.classifier_max}")
+    if args.precision:
+        common.append(f"--trainer.precision={args.precision}")
+    start = time.perf_counter()
+    fit = cli(["fit", *common, f"--trainer.max_time={args.budget}", "--trainer.max_steps=-1",
+               "--trainer.max_epochs=100000", f"--trainer.check_val_every_n_epoch={args.val_every}",
+               "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=20"])
+    train_s = time.perf_counter() - start
+    steps = fit.trainer.global_step
+    ckpt = f"{args.ckpt_dir or args.out}/{name}/checkpoints/last.ckpt"
+    start = time.perf_counter()
+    test = cli(["test", *common, "--ckpt_path", ckpt])
+    out = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
+    out.update(train_s=train_s, test_s=time.perf_counter() - start, steps=steps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=None, help="data root holding uspto_50k/ (default: build the sample)")
+    p.add_argument("--out", default=None, help="output folder (TensorBoard runs, checkpoints)")
+    p.add_argument("--budget", default="00:00:03:00", help="training wall-clock per model, DD:HH:MM:SS")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--precision", default=None)
+    p.add_argument("--latent", type=int, default=3)
+    p.add_argument("--d-model", dest="d_model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--ff", type=int, default=512)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--noam-factor", dest="noam_factor", type=float, default=0.5)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=2048)
+    p.add_argument("--max-decode-len", dest="max_decode_len", type=int, default=120)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=32)
+    p.add_argument("--eval-subset", dest="eval_subset", type=int, default=None)
+    p.add_argument("--augment", type=int, default=1)
+    p.add_argument("--val-every", dest="val_every", type=int, default=1000)
+    p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--ckpt-dir", dest="ckpt_dir", default=None, help="checkpoints (default: under --out)")
+    p.add_argument("--classifier-max-examples", dest="classifier_max", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.data_root is None:
+        from datamodules.samples import uspto
+
+        args.data_root = tempfile.mkdtemp(prefix="retro_sample_")
+        uspto.build(Path(args.data_root))
+    os.environ["PAPERZOO_DATA"] = str(args.data_root)
+    args.out = args.out or tempfile.mkdtemp(prefix="retro_compare_")
+    results = {}
+    for name, config, k in (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml",
+                                                              args.latent)):
+        results[name] = run(config, "retro_base" if k == 1 else "retro_mixture", args,
+                            [f"--model.init_args.num_latent={k}"])
+        print(name, json.dumps(results[name]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    keys = ["test/top1_acc", "test/top3_acc", "test/top5_acc", "test/top10_acc", "test/invalid_frac",
+            "test/unique_classes@10"]
+    print(f"\ndata: {args.data_root}; budget {args.budget} of training per model on {args.accelerator}; "
+          f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; runs in {args.out}")
+    print("| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |")
+    print("|---" * (len(keys) + 4) + "|")
+    for name, r in results.items():
+        print(f"| {name} | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
+              + f" | {r['train_s']:.0f} | {r['test_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Retrosynthesis Transformer throughput: Lightning vs a plain PyTorch loop, batched vs one-at-a-time beam search.
+
+Three side-by-side measurements in one run, on the same model and the same batches of the USPTO sample
+(or any USPTO folder via ``--data-dir``), alternated A/B/A/B ``--repeats`` times so load from other
+processes hits both alike; medians reported:
+
+1. training target tokens per second: ``Trainer.fit`` of RetroTransformer vs a plain loop
+   (forward, cross-entropy, backward, Adam + Noam schedule) over the same batches;
+2. beam-search products per second: ``Trainer.predict`` vs a plain loop calling ``predict_reactants``;
+3. beam search batched across products vs decoding the same products one at a time (target >= 5x).
+
+    python benchmarks/retro_speed.py [--device cpu|cuda] [--steps 30] [--products 48] [--beam 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning import Callback, Trainer
+
+from datamodules.uspto import USPTODataModule, token_count
+from lightning_modules.retro import RetroTransformer, noam_lambda
+
+
+class _Timer(Callback):
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.start = self.end = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens += token_count(batch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
+
+
+def _trainer(device: str, steps: int, timer: Callback) -> Trainer:
+    return Trainer(accelerator=device, devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   limit_val_batches=0, callbacks=[timer], use_distributed_sampler=False)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None, help="folder with the USPTO CSVs (default: build the sample)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--products", type=int, default=48)
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--max-decode-len", type=int, default=120)
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    data_dir = args.data_dir
+    if data_dir is None:
+        from datamodules.samples import uspto
+
+        root = Path(tempfile.mkdtemp(prefix="retro_bench_"))
+        uspto.build(root)
+        data_dir = str(root / "uspto_50k")
+    dm = USPTODataModule(data_dir=data_dir, max_tokens=args.max_tokens, eval_subset=args.products,
+                         eval_batch_size=args.products, augment=0)
+    dm.setup("fit")
+    dm.setup("test")
+    model_kwargs = dict(d_model=args.d_model, nhead=8, num_encoder_layers=args.layers, num_decoder_layers=args.layers,
+                        dim_feedforward=4 * args.d_model, beam_size=args.beam, max_decode_len=args.max_decode_len,
+                        warmup_steps=100, vocab=list(dm.vocab.itos), val_decode=False,
+                        optimizer=lambda params: torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.998)))
+    device = torch.device(args.device)
+    train_batches = [b for b in dm.train_dataloader()]
+    n_tok_plain = sum(token_count(b) for b in train_batches[: args.steps])
+
+    def plain_train() -> float:
+        torch.manual_seed(0)
+        model = RetroTransformer(**model_kwargs).to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.998))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, noam_lambda(args.d_model, 100, 2.0))
+        _sync(args.device)
+        start = time.perf_counter()
+        for b in train_batches[: args.steps]:
+            src, tgt = b["src"].to(device), b["tgt"].to(device)
+            logits = model(src, tgt[:, :-1])
+            loss = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        _sync(args.device)
+        return n_tok_plain / (time.perf_counter() - start)
+
+    def lightning_train() -> float:
+        torch.manual_seed(0)
+        model = RetroTransformer(**model_kwargs)
+        timer = _Timer()
+        _trainer(args.device, args.steps, timer).fit(model, datamodule=dm)
+        return timer.tokens / (timer.end - timer.start)
+
+    test_batches = list(dm.test_dataloader())
+    n_products = sum(len(b["product"]) for b in test_batches)
+    torch.manual_seed(0)
+    eval_model = RetroTransformer(**model_kwargs).to(device).eval()
+
+    def plain_beam() -> float:
+        _sync(args.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for b in test_batches:
+                eval_model.predict_reactants(b["src"].to(device), beam_size=args.beam)
+        _sync(args.device)
+        return n_products / (time.perf_counter() - start)
+
+    def lightning_beam() -> float:
+        timer = _Timer()
+        _trainer(args.device, 1, timer).predict(eval_model, dataloaders=dm.predict_dataloader())
+        return n_products / (timer.end - timer.start)
+
+    def one_at_a_time() -> float:
+        _sync(args.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for b in test_batches:
+                for i in range(len(b["src"])):
+                    src = b["src"][i : i + 1]
+                    src = src[:, : int((src != 0).sum())]
+                    eval_model.predict_reactants(src.to(device), beam_size=args.beam)
+        _sync(args.device)
+        return n_products / (time.perf_counter() - start)
+
+    rows: dict[str, list[float]] = {k: [] for k in ("plain_train", "lightning_train", "plain_beam",
+                                                     "lightning_beam", "one_at_a_time")}
+    for _ in range(args.repeats):
+        rows["plain_train"].append(plain_train())
+        rows["lightning_train"].append(lightning_train())
+        rows["plain_beam"].append(plain_beam())
+        rows["lightning_beam"].append(lightning_beam())
+        rows["one_at_a_time"].append(one_at_a_time())
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    print(f"device: {name}; model d_model={args.d_model}, {args.layers}+{args.layers} layers; "
+          f"{args.steps} training batches (<= {args.max_tokens} tokens); {n_products} products, beam {args.beam}; "
+          f"medians of {args.repeats} alternated repeats")
+    print(f"| measurement | plain PyTorch | Lightning | Lightning / plain |")
+    print(f"|---|---|---|---|")
+    print(f"| training target tokens/s | {med['plain_train']:.0f} | {med['lightning_train']:.0f} | "
+          f"{med['lightning_train'] / med['plain_train']:.2f} |")
+    print(f"| beam-search products/s | {med['plain_beam']:.2f} | {med['lightning_beam']:.2f} | "
+          f"{med['lightning_beam'] / med['plain_beam']:.2f} |")
+    ratio = med["plain_beam"] / med["one_at_a_time"]
+    print(f"\n| beam search | products/s |\n|---|---|\n| batched ({args.products} per call) | {med['plain_beam']:.2f} |"
+          f"\n| one product at a time | {med['one_at_a_time']:.2f} |\n| speed-up | {ratio:.1f}x "
+          f"({'meets' if ratio >= 5 else 'BELOW'} the 5x target) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Retrosynthesis Transformer: beam search, hard-EM mixture, CLI fit/test, pre-training, DDP equality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.nets.seq2seq import Seq2SeqTransformer, sequence_nll
+from lightning_modules.retro import RetroTransformer
+from tests.helpers import CONFIGS, QUIET, out_args, run_cli, run_cli_subprocess, scalars, version_dirs
+from tests.test_uspto import uspto_sample
+
+BASE = str(CONFIGS / "retro_uspto.yaml")
+MIXTURE = str(CONFIGS / "retro_mixture_uspto.yaml")
+PRETRAIN = str(CONFIGS / "retro_pretrain_uspto.yaml")
+TINY = [
+    "--model.init_args.d_model=32", "--model.init_args.nhead=2", "--model.init_args.num_encoder_layers=1",
+    "--model.init_args.num_decoder_layers=1", "--model.init_args.dim_feedforward=64",
+    "--model.init_args.max_decode_len=40", "--model.init_args.beam_size=3", "--model.init_args.top_ks=[1,3]",
+    "--model.init_args.classifier_epochs=2", "--model.init_args.warmup_steps=10",
+    "--data.init_args.eval_subset=12", "--data.init_args.eval_batch_size=6", "--data.init_args.augment=0",
+    "--trainer.accelerator=cpu", "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=1",
+]
+
+
+def _net(num_latent: int = 1, dropout: float = 0.0) -> Seq2SeqTransformer:
+    torch.manual_seed(0)
+    return Seq2SeqTransformer(20, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                              dim_feedforward=64, dropout=dropout, num_latent=num_latent).eval()
+
+
+def _src() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, 20, (5, 9), generator=g)
+    src[1, 6:] = 0  # padded products of different lengths
+    src[3, 4:] = 0
+    return src
+
+
+def test_beam_one_equals_greedy() -> None:
+    net = _net()
+    src = _src()
+    greedy, gscore = net.greedy(src, max_len=15)
+    beam, bscore = net.beam_search(src, beam_size=1, max_len=15)
+    L = min(greedy.shape[1], beam.shape[2])
+    assert torch.equal(greedy[:, :L], beam[:, 0, :L])
+    assert torch.allclose(gscore, bscore[:, 0], atol=1e-5)
+
+
+def test_batched_beam_equals_one_product_at_a_time() -> None:
+    net = _net()
+    src = _src()
+    tokens, scores = net.beam_search(src, beam_size=4, max_len=12)
+    for i in range(len(src)):
+        n = int((src[i] != 0).sum())
+        t1, s1 = net.beam_search(src[i : i + 1, :n], beam_size=4, max_len=12)
+        assert torch.allclose(s1[0], scores[i], atol=1e-4)
+        assert torch.equal(t1[0], tokens[i, :, : t1.shape[2]])
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+
+
+def test_length_penalty_reranks_by_normalised_score() -> None:
+    net = _net()
+    tokens, scores = net.beam_search(_src(), beam_size=4, max_len=12, length_penalty=1.0)
+    assert (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
+
+
+def test_hard_em_picks_lowest_loss_latent_with_dropout_off() -> None:
+    torch.manual_seed(0)
+    model = RetroTransformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
+                             dropout=0.3, num_latent=3, vocab=[f"t{i}" for i in range(20)])
+    model.train()
+    src = _src()
+    tgt = torch.randint(4, 20, (5, 7), generator=torch.Generator().manual_seed(2))
+    tgt[:, 0] = 1
+    tgt[2, 5:] = 0
+    z, nll = model.select_latent(src, tgt)
+    assert model.net.training  # training mode restored for the M-step
+    # brute force, dropout off: the loss of every latent class separately
+    model.net.eval()
+    with torch.no_grad():
+        expected = torch.stack([sequence_nll(model.net(src, tgt[:, :-1], torch.full((5,), k)), tgt[:, 1:])
+                                for k in range(3)], dim=1)
+    assert torch.allclose(nll, expected, atol=1e-4)
+    assert torch.equal(z, expected.argmin(1))
+    # with dropout on the selection would be noisy: the losses differ from the dropout-free ones
+    model.net.train()
+    with torch.no_grad():
+        noisy = sequence_nll(model.net(src, tgt[:, :-1], torch.zeros(5, dtype=torch.long)), tgt[:, 1:])
+    assert not torch.allclose(noisy, expected[:, 0], atol=1e-4)
+    # M-step: only the chosen latent embeddings receive gradients
+    model.zero_grad()
+    logits = model(src, tgt[:, :-1], z)
+    torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=0).backward()
+    grad_rows = model.net.latent.weight.grad.abs().sum(1) > 0
+    assert grad_rows.tolist() == [k in z.tolist() for k in range(3)]
+
+
+def test_cli_fit_test_mixture_on_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERZOO_DATA", str(uspto_sample()))
+    common = ["--config", MIXTURE, *TINY, *QUIET, *out_args(tmp_path), "--model.init_args.num_latent=2"]
+    run_cli(["fit", *common, "--trainer.max_steps=3", "--data.init_args.train_subset=60"])
+    last = tmp_path / "retro_mixture_uspto" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    vocab = ckpt["hyper_parameters"]["vocab"]
+    assert vocab[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and ckpt["datamodule_hyper_parameters"]
+    run_cli(["test", *common, "--ckpt_path", str(last), "--data.init_args.train_subset=60"])
+    logged = scalars(version_dirs(tmp_path, "retro_mixture_uspto")[-1])
+    for key in ("test/top1_acc", "test/top3_acc", "test/invalid_frac", "test/unique_classes@10"):
+        assert key in logged, sorted(logged)
+    assert 0.0 <= logged["test/top1_acc"][-1][1] <= logged["test/top3_acc"][-1][1] <= 1.0
+    assert 0.0 <= logged["test/unique_classes@10"][-1][1] <= 3.0 * 2  # at most beam * K distinct
+    assert logged["data/skipped_test"][-1][1] == 0.0
+    # the checkpoint alone rebuilds the model with its vocabulary (no DataModule needed)
+    model = RetroTransformer.load_from_checkpoint(last)
+    assert model.vocab_itos == vocab and model.net.num_latent == 2
+
+
+def test_pretrain_checkpoint_initialises_fine_tuning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERZOO_DATA", str(uspto_sample()))
+    common = [*TINY, *QUIET, *out_args(tmp_path), "--data.init_args.train_subset=20", "--trainer.max_steps=2",
+              "--trainer.limit_val_batches=1"]
+    run_cli(["fit", "--config", PRETRAIN, *common])
+    pre = tmp_path / "retro_pretrain_uspto" / "checkpoints" / "last.ckpt"
+    pre_state = torch.load(pre, weights_only=False)["state_dict"]
+    cli = run_cli(["fit", "--config", BASE, *common, "--trainer.max_steps=0",
+                   f"--model.init_args.init_from={pre}"])
+    model = cli.model
+    for name, value in model.net.state_dict().items():
+        assert torch.equal(value, pre_state[f"net.{name}"]), name
+    assert model.vocab_itos == torch.load(pre, weights_only=False)["hyper_parameters"]["vocab"]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # ~2 minutes on the shared 2-core machine (three CLI runs in subprocesses)
+def test_ddp_test_metrics_equal_single_process(tmp_path: Path) -> None:
+    env = {"PAPERZOO_DATA": str(uspto_sample())}
+    common = ["--config", BASE, *TINY, *QUIET, "--data.init_args.train_subset=40"]
+    fit = run_cli_subprocess(["fit", *common, "--trainer.max_steps=4", *out_args(tmp_path / "fit")], env=env)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    last = tmp_path / "fit" / "retro_uspto" / "checkpoints" / "last.ckpt"
+    results = {}
+    for devices in (1, 2):
+        extra = ["--trainer.strategy=ddp"] if devices == 2 else []
+        out = tmp_path / f"test{devices}"
+        # 12 test products, 6 per batch: two batches, one per rank under DDP
+        run = run_cli_subprocess(["test", *common, f"--trainer.devices={devices}", *extra, "--ckpt_path", str(last),
+                                  *out_args(out)], env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        if devices == 2:
+            assert "MEMBER: 2/2" in run.stderr
+        logged = scalars(version_dirs(out, "retro_uspto")[-1])
+        results[devices] = {k: v[-1][1] for k, v in logged.items() if k.startswith("test/")}
+    assert "test/top1_acc" in results[1] and "test/unique_classes@10" in results[1]
+    assert results[1] == results[2]
