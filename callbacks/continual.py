@@ -19,7 +19,8 @@ Importance ``Q``:
 
 * ``fisher`` (:class:`EWCPenalty`): the diagonal empirical Fisher, the squared gradient of a loss on a
   fresh minibatch at ``theta*_k``. The module provides that loss by defining ``importance_loss(self) -> Tensor``
-  (the GAN modules: the discriminator loss on a real batch and freshly generated samples). A module without
+  (the GAN modules: the discriminator loss on a real batch and freshly generated samples); a vector of
+  per-sample losses gives the mean of per-sample squared gradients instead (one backward per sample). A module without
   it, or ``fresh_batch=False``, gets the squared gradient of the task's last step (the gradient already
   computed: no extra forward/backward pass, the cheap choice for ``alpha=1``).
 * ``path`` (:class:`ISPenalty`): the path integral ``sum_t -g_t * (theta_{t+1} - theta_t)`` over the task's
@@ -117,11 +118,13 @@ class ContinualPenalty(Callback):
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"{type(self).__name__}: target {self.target!r} has no trainable parameters")
-        self.names = [n for n, _ in named]
-        self.params = [p for _, p in named]
-        self.S = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
-        self.P = [torch.zeros_like(s) for s in self.S]
-        self.omega = [torch.zeros_like(s) for s in self.S] if self.importance == "path" else []
+        same = len(named) == len(self.params) and all(p is q for (_, p), q in zip(named, self.params))
+        if not same:  # a new module; a later fit of the same module (tasks in sequence) keeps S and P
+            self.names = [n for n, _ in named]
+            self.params = [p for _, p in named]
+            self.S = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in self.params]
+            self.P = [torch.zeros_like(s) for s in self.S]
+            self.omega = [torch.zeros_like(s) for s in self.S] if self.importance == "path" else []
         self._module, self._trainer = pl_module, trainer
         first = self.params[0]
         owners = [opt for opt in trainer.optimizers if any(q is first for g in opt.param_groups for q in g["params"])]
@@ -202,13 +205,17 @@ class ContinualPenalty(Callback):
                 for p in self.params:
                     p.requires_grad_(True)
                 loss = module.importance_loss()
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                losses = loss.reshape(-1) if loss.dim() else loss.reshape(1)
+                squares = [torch.zeros_like(p) for p in self.params]
+                for i, li in enumerate(losses):  # a vector: per-sample losses, Fisher = mean of squared gradients
+                    grads = torch.autograd.grad(li, self.params, allow_unused=True, retain_graph=i + 1 < len(losses))
+                    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+                    grads = self._mean_across_ranks(grads)
+                    torch._foreach_addcmul_(squares, grads, grads, value=1.0 / len(losses))
                 for p, flag in zip(self.params, flags):
                     p.requires_grad_(flag)
-            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
-            grads = self._mean_across_ranks(grads)
-        else:
-            grads = self._grad or [torch.zeros_like(p) for p in self.params]
+            return [s.detach() for s in squares]
+        grads = self._grad or [torch.zeros_like(p) for p in self.params]
         return [g.detach() ** 2 for g in grads]
 
     def _fresh(self, module) -> bool:

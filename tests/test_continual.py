@@ -20,14 +20,16 @@ TRAINER = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enab
 class Tiny(LightningModule):
     """A regression net whose ``discriminator`` is protected; automatic optimisation."""
 
-    def __init__(self, with_importance_loss: bool = True) -> None:
+    def __init__(self, with_importance_loss: bool | str = True) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.discriminator = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1))
         self.head = nn.Linear(1, 1)  # not protected
         g = torch.Generator().manual_seed(1)
         self.x, self.y = torch.randn(32, 3, generator=g), torch.randn(32, 1, generator=g)
-        if with_importance_loss:
+        if with_importance_loss == "per_sample":
+            self.importance_loss = lambda: (self.discriminator(self.x[:8] * 0.5) - self.y[:8]).pow(2).flatten()
+        elif with_importance_loss:
             self.importance_loss = lambda: F.mse_loss(self.discriminator(self.x[:8] * 0.5), self.y[:8])
 
     def training_step(self, batch, batch_idx):
@@ -103,6 +105,7 @@ class CheckAgainstAutograd(Callback):
     [
         (RecordingEWC, dict(lam=3.0, alpha=3, gamma=0.8), {}),
         (RecordingEWC, dict(lam=0.3, alpha=2, gamma=0.9), dict(with_importance_loss=False)),
+        (RecordingEWC, dict(lam=3.0, alpha=4, gamma=0.9), dict(with_importance_loss="per_sample")),
         (RecordingIS, dict(lam=5.0, alpha=4, gamma=0.7), {}),
         (RecordingOnes, dict(lam=0.5, alpha=1, gamma=0.9, importance="ones"), {}),  # discounted historical averaging
     ],
@@ -116,6 +119,28 @@ def test_applied_gradient_is_autograd_of_written_penalty(cls, kwargs, module_kwa
     assert penalty.steps == 16 and penalty.tasks == 16 // kwargs["alpha"]
     assert check.checked == 16 - kwargs["alpha"]  # every step after the first task
     assert all(float(s.abs().sum()) > 0 for s in penalty.S)
+
+
+def test_per_sample_fisher_and_tasks_across_fits() -> None:
+    """A vector importance loss gives mean squared per-sample gradients; a second fit of the module keeps S, P."""
+    penalty = RecordingEWC(lam=1.0, alpha=8, gamma=1.0)
+    module = Tiny(with_importance_loss="per_sample")
+    Trainer(max_epochs=1, callbacks=[penalty], **TRAINER).fit(module)
+    (q, theta), = penalty.history
+    params = list(module.discriminator.parameters())
+    expected = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        for p, t in zip(params, theta):
+            p.copy_(t)  # Fisher at theta* (the parameters at the task's end)
+    for i in range(8):
+        out = (module.discriminator(module.x[i : i + 1] * 0.5) - module.y[i : i + 1]).pow(2).sum()
+        for e, g in zip(expected, torch.autograd.grad(out, params)):
+            e += g**2 / 8
+    for a, b in zip(q, expected):
+        torch.testing.assert_close(a, b)
+    Trainer(max_epochs=1, callbacks=[penalty], **TRAINER).fit(module)  # next task, same module
+    assert penalty.tasks == 2 and penalty.steps == 16
+    torch.testing.assert_close(penalty.S[0], penalty.history[0][0][0] + penalty.history[1][0][0])
 
 
 def test_l2_special_case() -> None:
