@@ -431,8 +431,10 @@ class CASPTargets:
         cutoff: float = 8.0,
         msa_dir: Path | None = None,
         max_decoys: int | None = None,
+        workers: int = 0,
     ) -> None:
         self.targets = list(targets)
+        self.workers = workers
         self.cache_dir = cache_dir
         self.cutoff = cutoff
         self.msa_dir = msa_dir
@@ -469,8 +471,11 @@ class CASPTargets:
         return {"key": _cache_key(self.cutoff, self.msa_dir is not None), "names": names, "decoys": decoys,
                 "skipped": skipped}
 
+    def cache_path(self, target: Target) -> Path:
+        return self.cache_dir / target.edition / f"{target.name}-{_cache_key(self.cutoff, self.msa_dir is not None)}.pt"
+
     def load_target(self, target: Target) -> dict | None:
-        path = self.cache_dir / target.edition / f"{target.name}-{_cache_key(self.cutoff, self.msa_dir is not None)}.pt"
+        path = self.cache_path(target)
         if path.is_file():
             return torch.load(path, weights_only=True)
         try:
@@ -488,7 +493,18 @@ class CASPTargets:
     def load(self, target_ids: dict[str, int], decoy_offset: int = 0) -> list[Data]:
         """All decoys as ``Data`` graphs; ``target_ids`` maps ``edition/target`` to a stable integer id."""
         graphs: list[Data] = []
+        todo = [t for t in self.targets if not self.cache_path(t).is_file()]
+        if self.workers > 1 and len(todo) > 1:  # featurise uncached targets in parallel processes
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(self.workers) as pool:
+                for target, failed in zip(todo, pool.map(_featurize_into_cache, [(self, t) for t in todo])):
+                    if failed:
+                        self.skipped_targets.append(failed)
+                        log.warning("CASP: target skipped: %s", failed)
         for target in self.targets:
+            if any(s.startswith(f"{target.edition}/{target.name}:") for s in self.skipped_targets):
+                continue
             item = self.load_target(target)
             if item is None:
                 continue
@@ -503,6 +519,14 @@ class CASPTargets:
                 data.name = f"{target.name}/{name}"
                 graphs.append(data)
         return graphs
+
+
+def _featurize_into_cache(args: tuple[CASPTargets, Target]) -> str | None:
+    """Worker: featurise one target into the cache; returns the skip reason of an unreadable target."""
+    dataset, target = args
+    before = len(dataset.skipped_targets)
+    dataset.load_target(target)
+    return dataset.skipped_targets[before] if len(dataset.skipped_targets) > before else None
 
 
 class CASPDataModule(LightningDataModule):
@@ -525,6 +549,7 @@ class CASPDataModule(LightningDataModule):
         cache_dir: where featurised targets are cached (default ``<data_dir>/processed`` if writable,
             else ``$PAPERZOO_DATA/casp_cache``).
         max_decoys_per_target: keep at most this many decoys per target (quick experiments).
+        featurize_workers: processes featurising uncached targets in parallel (0/1: in this process).
         batch_size, num_workers: DataLoader settings (graphs per batch per process).
     """
 
@@ -545,6 +570,7 @@ class CASPDataModule(LightningDataModule):
         msa_dir: str | None = None,
         cache_dir: str | None = None,
         max_decoys_per_target: int | None = None,
+        featurize_workers: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
@@ -590,8 +616,9 @@ class CASPDataModule(LightningDataModule):
                 raise ValueError(f"CASP edition {e!r} not found under {self.data_dir} (found: {editions})")
         pool = [t for e in train_editions for t in find_targets(self.data_dir / e)]
         test = [t for e in test_editions for t in find_targets(self.data_dir / e)]
-        if not pool:
-            raise missing_data_error("CASP targets", self.data_dir / train_editions[0], self.sample_name, None)
+        if not pool and not test:
+            where = self.data_dir / (train_editions or editions)[0]
+            raise missing_data_error("CASP targets", where, self.sample_name, None)
         # drop short targets (the native's residue count is a cheap read)
         keep = []
         for t in (*pool, *test):
@@ -629,7 +656,8 @@ class CASPDataModule(LightningDataModule):
         cache = self._cache_dir()
         msa_dir = Path(self.hparams.msa_dir) if self.hparams.msa_dir else None
         for name, targets in split.items():
-            ds = CASPTargets(targets, cache, self.hparams.cutoff, msa_dir, self.hparams.max_decoys_per_target)
+            ds = CASPTargets(targets, cache, self.hparams.cutoff, msa_dir, self.hparams.max_decoys_per_target,
+                             self.hparams.featurize_workers)
             graphs = ds.load(ids)
             setattr(self, f"{name}_set", graphs)
             self.splits[name] = [f"{t.edition}/{t.name}" for t in targets]

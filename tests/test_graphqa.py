@@ -39,7 +39,8 @@ def _graph(n: int = 12, seed: int = 0) -> Data:
 def test_widths_shrink_to_powers_of_two() -> None:
     assert shrinking_widths(512, 64, 6) == [512, 512, 256, 256, 128, 64]
     net = GraphQANet(layers=6)
-    dims = [(layer.edge[0].out_features, layer.node[0].out_features, layer.glob[0].out_features) for layer in net.layers]
+    dims = [(layer.edge.parts[0].out_features, layer.node.parts[0].out_features, layer.glob[0].out_features)
+            for layer in net.layers]
     assert dims[-1] == (16, 64, 32) and dims[0][1] >= dims[-1][1]
     assert all(a >= b for x, y in zip(dims, dims[1:]) for a, b in zip(x, y))
 

@@ -41,34 +41,50 @@ class RBF(nn.Module):
         return out * known[:, None]
 
 
+class _SplitLinear(nn.Module):
+    """``Linear(cat([a, b, ...]))`` computed as ``sum(Linear_i(part_i))``: the same function, but a part that
+    is gathered per edge (sender, receiver, global) can be projected once per node or graph and then gathered."""
+
+    def __init__(self, in_sizes: list[int], out_features: int) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(nn.Linear(n, out_features, bias=(i == 0)) for i, n in enumerate(in_sizes))
+
+    def forward(self, k: int, x: Tensor) -> Tensor:
+        return self.parts[k](x)
+
+
 class GraphLayer(nn.Module):
     """One message-passing layer: edges from (edge, sender, receiver, global), nodes from (node, mean of
-    incoming edges, global), global from (mean edges, mean nodes, global); each update Linear-Dropout-ReLU."""
+    incoming edges, global), global from (mean edges, mean nodes, global); each update Linear-Dropout-ReLU.
+
+    The Linear over concatenated inputs is computed part by part (sender/receiver/global projected before
+    they are gathered per edge), which is the same function with far fewer operations on large graphs.
+    """
 
     def __init__(self, in_dims: tuple[int, int, int], out_dims: tuple[int, int, int], dropout: float,
                  use_global: bool = True) -> None:
         super().__init__()
         e_in, v_in, u_in = in_dims
         e_out, v_out, u_out = out_dims
-        g = u_in if use_global else 0
         self.use_global = use_global
-        self.edge = linear_dropout_relu(e_in + 2 * v_in + g, e_out, dropout)
-        self.node = linear_dropout_relu(v_in + e_out + g, v_out, dropout)
+        self.edge = _SplitLinear([e_in, v_in, v_in] + ([u_in] if use_global else []), e_out)
+        self.node = _SplitLinear([v_in, e_out] + ([u_in] if use_global else []), v_out)
         self.glob = linear_dropout_relu(e_out + v_out + u_in, u_out, dropout) if use_global else None
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, e: Tensor, u: Tensor | None, edge_index: Tensor, batch: Tensor,
                 num_graphs: int) -> tuple[Tensor, Tensor, Tensor | None]:
         src, dst = edge_index
         edge_batch = batch[src]
-        parts = [e, x[src], x[dst]]
+        h = self.edge(0, e) + self.edge(1, x)[src] + self.edge(2, x)[dst]
         if self.use_global:
-            parts.append(u[edge_batch])
-        e = self.edge(torch.cat(parts, dim=-1))
+            h = h + self.edge(3, u)[edge_batch]
+        e = torch.relu(self.dropout(h))
         incoming = scatter(e, dst, dim=0, dim_size=x.size(0), reduce="mean")
-        parts = [x, incoming]
+        h = self.node(0, x) + self.node(1, incoming)
         if self.use_global:
-            parts.append(u[batch])
-        x = self.node(torch.cat(parts, dim=-1))
+            h = h + self.node(2, u)[batch]
+        x = torch.relu(self.dropout(h))
         if self.use_global:
             e_mean = scatter(e, edge_batch, dim=0, dim_size=num_graphs, reduce="mean")
             x_mean = scatter(x, batch, dim=0, dim_size=num_graphs, reduce="mean")
