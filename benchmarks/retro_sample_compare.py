@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", dest="val_every", type=int, default=1000)
     p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--only", choices=["base", "mixture"], default=None, help="train and test just one model")
     p.add_argument("--ckpt-dir", dest="ckpt_dir", default=None, help="checkpoints (default: under --out)")
     p.add_argument("--classifier-max-examples", dest="classifier_max", type=int, default=None)
     args = p.parse_args(argv)
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, config, k in (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml",
                                                               args.latent)):
+        if args.only and not name.startswith(args.only):
+            continue
         results[name] = run(config, "retro_base" if k == 1 else "retro_mixture", args,
                             [f"--model.init_args.num_latent={k}"])
         print(name, json.dumps(results[name]), flush=True)

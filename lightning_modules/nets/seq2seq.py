@@ -103,6 +103,68 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(tgt_in, memory, mask, z)
 
     # ------------------------------------------------------------------ decoding
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, d = x.shape
+        h = self.transformer.decoder.layers[0].self_attn.num_heads
+        return x.view(B, T, h, d // h).transpose(1, 2)
+
+    @staticmethod
+    def _proj(mha: nn.MultiheadAttention, x: Tensor, part: int) -> Tensor:
+        d = mha.embed_dim
+        b = mha.in_proj_bias[part * d : (part + 1) * d] if mha.in_proj_bias is not None else None
+        return F.linear(x, mha.in_proj_weight[part * d : (part + 1) * d], b)
+
+    def init_cache(self, memory: Tensor, memory_mask: Tensor) -> dict:
+        """Key/value cache for incremental decoding: cross-attention K/V computed once, self-attention
+        K/V appended one position per step (exactly what the full decoder computes, in eval mode)."""
+        cache: dict = {"cross": [], "self": [], "mask": ~memory_mask[:, None, None, :]}
+        for layer in self.transformer.decoder.layers:
+            ca = layer.multihead_attn
+            cache["cross"].append((self._heads(self._proj(ca, memory, 1)), self._heads(self._proj(ca, memory, 2))))
+            cache["self"].append(None)
+        return cache
+
+    @staticmethod
+    def reorder_cache(cache: dict, index: Tensor) -> dict:
+        cache["cross"] = [(k[index], v[index]) for k, v in cache["cross"]]
+        cache["self"] = [None if kv is None else (kv[0][index], kv[1][index]) for kv in cache["self"]]
+        cache["mask"] = cache["mask"][index]
+        return cache
+
+    def decode_step(self, tokens: Tensor, cache: dict, z: Tensor | None = None) -> Tensor:
+        """Logits ``(B, V)`` of the next token given the last input token of each row (``tokens``: (B, t))."""
+        if self.training:
+            raise RuntimeError("incremental decoding runs in eval mode (no dropout)")
+        t = tokens.shape[1] - 1
+        x = self.embed(tokens[:, -1:]) * math.sqrt(self.d_model)
+        if t == 0 and self.latent is not None:
+            x = (self.latent(z) * math.sqrt(self.d_model)).unsqueeze(1)
+        x = x + self.pos.pe[t].view(1, 1, -1)
+        B, d = x.shape[0], self.d_model
+        for i, layer in enumerate(self.transformer.decoder.layers):
+            sa, ca = layer.self_attn, layer.multihead_attn
+            q, k, v = (self._heads(self._proj(sa, x, j)) for j in range(3))
+            if cache["self"][i] is not None:
+                k = torch.cat([cache["self"][i][0], k], dim=2)
+                v = torch.cat([cache["self"][i][1], v], dim=2)
+            cache["self"][i] = (k, v)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, d)
+            x = layer.norm1(x + sa.out_proj(a))
+            q = self._heads(self._proj(ca, x, 0))
+            ck, cv = cache["cross"][i]
+            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cache["mask"]).transpose(1, 2).reshape(B, 1, d)
+            x = layer.norm2(x + ca.out_proj(a))
+            x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        if self.transformer.decoder.norm is not None:
+            x = self.transformer.decoder.norm(x)
+        return self.generator(x[:, 0])
+
+    def _forbid(self, logits: Tensor) -> Tensor:
+        """Padding and ``<bos>`` are never generated."""
+        logits = logits.clone()
+        logits[:, [self.pad_idx, self.bos_idx]] = float("-inf")
+        return logits
+
     @torch.no_grad()
     def greedy(self, src: Tensor, max_len: int = 200, z: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding: tokens ``(B, L)`` (starting after ``<bos>``, padded after ``<eos>``) and log-probs."""
@@ -112,7 +174,7 @@ class Seq2SeqTransformer(nn.Module):
         score = torch.zeros(B, device=src.device)
         done = torch.zeros(B, dtype=torch.bool, device=src.device)
         for _ in range(max_len):
-            logp = self.decode(seqs, memory, mask, z)[:, -1].log_softmax(-1)
+            logp = self._forbid(self.decode(seqs, memory, mask, z)[:, -1]).log_softmax(-1)
             tok = logp.argmax(-1)
             tok = torch.where(done, torch.full_like(tok, self.pad_idx), tok)
             score = score + torch.where(done, torch.zeros_like(score), logp.gather(1, tok[:, None]).squeeze(1))
@@ -142,13 +204,18 @@ class Seq2SeqTransformer(nn.Module):
         memory = memory.repeat_interleave(k, dim=0)
         mask = mask.repeat_interleave(k, dim=0)
         zz = z.repeat_interleave(k, dim=0) if z is not None else None
+        cache = self.init_cache(memory, mask) if not self.training else None
         seqs = torch.full((B * k, 1), self.bos_idx, dtype=torch.long, device=device)
         scores = torch.full((B, k), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start identical: keep one alive
         done = torch.zeros(B * k, dtype=torch.bool, device=device)
         lengths = torch.zeros(B * k, device=device)
         for _ in range(max_len):
-            logp = self.decode(seqs, memory, mask, zz)[:, -1].log_softmax(-1).float()  # (B*k, V)
+            if cache is not None:
+                logits = self.decode_step(seqs, cache, zz)
+            else:
+                logits = self.decode(seqs, memory, mask, zz)[:, -1]
+            logp = self._forbid(logits).log_softmax(-1).float()  # (B*k, V)
             V = logp.shape[-1]
             # a finished hypothesis extends only with <pad> at no cost
             finished_row = torch.full((V,), float("-inf"), device=device)
@@ -160,6 +227,8 @@ class Seq2SeqTransformer(nn.Module):
             tok = idx % V
             flat = (beam + torch.arange(B, device=device)[:, None] * k).view(-1)
             seqs = torch.cat([seqs[flat], tok.view(-1, 1)], dim=1)
+            if cache is not None:
+                cache = self.reorder_cache(cache, flat)
             prev_done = done[flat]
             lengths = lengths[flat] + (~prev_done).float()
             done = prev_done | (tok.view(-1) == self.eos_idx)
