@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lightning_modules.base import PaperzooModule
 from lightning_modules.nets.graph import GraphQANet
-from metrics.ranking import GroupedQAMetrics
+from metrics.ranking import GroupedQAMetrics, group_scores
 
 
 def _adam(params):
@@ -135,12 +135,14 @@ class GraphQA(PaperzooModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-        self.per_target = self.test_global.per_group()
-        self._funnel_plot()
+        preds, target, group = self.test_global.synced_arrays()  # every process takes part in the sync
+        self.per_target = {int(g): group_scores(preds[group == g], target[group == g], self.hparams.k)
+                           for g in sorted(set(group.tolist()))}
+        self._funnel_plot(preds, target, group)
         self.test_global.reset()
         self.test_local.reset()
 
-    def _funnel_plot(self) -> None:
+    def _funnel_plot(self, preds, target, group) -> None:
         if self.trainer.global_rank != 0:
             return
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
@@ -152,7 +154,6 @@ class GraphQA(PaperzooModule):
         import matplotlib.pyplot as plt
         import numpy as np
 
-        preds, target, group = self.test_global.arrays()
         groups = np.unique(group)
         if len(groups) == 0:
             return

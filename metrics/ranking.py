@@ -88,12 +88,17 @@ class GroupedQAMetrics(Metric):
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(preds, target, group) of every distinct sample, sorted by unique id."""
-        if not self.preds:
+        if isinstance(self.preds, list) and not self.preds:  # a list of batches, or one tensor once synced
             return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
         uid = dim_zero_cat(self.uid).cpu().numpy()
         _, first = np.unique(uid, return_index=True)
         pick = lambda s: dim_zero_cat(s).cpu().numpy()[first]  # noqa: E731
         return pick(self.preds), pick(self.target), pick(self.group)
+
+    def synced_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`arrays` over all processes (outside ``compute``, which syncs by itself)."""
+        with self.sync_context(should_sync=True, should_unsync=True):
+            return self.arrays()
 
     def per_group(self) -> dict[int, dict[str, float]]:
         preds, target, group = self.arrays()
