@@ -131,3 +131,15 @@ def test_metrics_callback_logs_every_n_epochs_and_resumes(dsprites_root: Path, t
     cli2 = run_cli([*common, "--trainer.max_epochs=2", "--ckpt_path", "last"])
     cb2 = next(c for c in cli2.trainer.callbacks if isinstance(c, DisentanglementMetrics) and c.scale == 0.01)
     assert cb2.evaluations == 2  # restored 1 from the checkpoint, then one more
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("config", ["betatcvae_celeba.yaml", pytest.param("factorvae_celeba.yaml", marks=pytest.mark.slow)])
+def test_celeba_configs_run_on_real_faces(config: str, shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PAPERZOO_DATA", str(shared_data))
+    cli = run_cli(["fit", "--config", str(CONFIGS / config), *QUIET, *out_args(tmp_path),
+                   "--trainer.fast_dev_run=1", "--data.batch_size=4", "--data.cache=false"])
+    assert cli.model.encoder.in_channels == 3
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    grids = cli.model.image_grids()
+    assert grids["recon"][0].shape == (2 * 3, 3, 64, 64) and grids["traversal/0"][0].shape == (10 * 9, 3, 64, 64)
