@@ -76,6 +76,14 @@ def print_table(results: list[dict]) -> None:
         if method in latest:
             r = latest[method]
             print(f"{method:<10} {r['minutes']:>4} {r['steps']:>6} {r['val_loss']:>9.2f} " + " ".join(f"{r[c]:>12.3f}" for c in COLUMNS))
+    timed = ("encode", "beta_vae", "factor_vae", "mig", "dci", "sap", "irs")
+    print("\nseconds per metric (10 latents; sample counts x scale, DCI x dci_scale; encode = encoding the distinct factor combinations, part of the metric times)")
+    print(f"{'method':<10} " + " ".join(f"{t:>10}" for t in timed) + f" {'total':>8} {'scale':>6} {'dci x':>6}")
+    for method in METHODS:
+        if method in latest:
+            r = latest[method]
+            total = sum(r["times"][t] for t in timed if t != "encode")
+            print(f"{method:<10} " + " ".join(f"{r['times'][t]:>10.1f}" for t in timed) + f" {total:>8.1f} {r['scale']:>6} {r['dci_scale']:>6}")
 
 
 def main(argv: list[str] | None = None) -> None:
