@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_model = RetroTransformer(**model_kwargs).to(device).eval()
 
     def plain_beam() -> float:
+        eval_model.to(device).eval()  # Trainer.predict moves the model back to the CPU when it ends
         _sync(args.device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         return n_products / (timer.end - timer.start)
 
     def one_at_a_time() -> float:
+        eval_model.to(device).eval()
         _sync(args.device)
         start = time.perf_counter()
         with torch.no_grad():

@@ -208,7 +208,7 @@ class ReactionClassifier(nn.Module):
         for msg, upd in zip(self.msg, self.upd):
             m = torch.zeros_like(h).index_add_(0, edges[1], msg(h)[edges[0]])
             h = F.relu(upd(torch.cat([h, m], dim=-1)))
-        return torch.zeros(len(graphs), h.shape[1], device=device).index_add_(0, gidx, h)
+        return torch.zeros(len(graphs), h.shape[1], device=device, dtype=h.dtype).index_add_(0, gidx, h)
 
     def forward(self, products: Sequence[tuple[Tensor, Tensor]], reactants: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         return self.out(self.embed(reactants) - self.embed(products))
@@ -227,7 +227,9 @@ class ReactionClassifier(nn.Module):
         if idx:
             was = self.training
             self.eval()
-            out[torch.tensor(idx)] = self(pg, rg).argmax(-1).cpu()
+            device_type = self.inp.weight.device.type
+            with torch.autocast(device_type=device_type, enabled=False):  # full precision under AMP test loops
+                out[torch.tensor(idx)] = self(pg, rg).argmax(-1).cpu()
             self.train(was)
         return out
 
@@ -258,6 +260,8 @@ def train_reaction_classifier(
     device = model.inp.weight.device
     model.train()
     correct = 0
+    autocast_off = torch.autocast(device_type=device.type, enabled=False)
+    autocast_off.__enter__()
     for _ in range(epochs):
         correct = 0
         perm = torch.randperm(len(data), generator=gen).tolist()
@@ -270,6 +274,7 @@ def train_reaction_classifier(
             loss.backward()
             opt.step()
             correct += int((logits.argmax(-1) == y).sum())
+    autocast_off.__exit__(None, None, None)
     model.eval()
     return correct / len(data)
 
