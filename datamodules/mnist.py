@@ -102,6 +102,8 @@ class MNISTDataModule(LightningDataModule):
         scale: ``standardize`` (mean/std of the training set), ``unit`` ([0, 1]) or ``symmetric`` ([-1, 1]).
         image_size: resize (bilinear) to this side length, e.g. 32 or 64 for DCGANs.
         train_subset: use only the first N training images (after the split), for quick experiments.
+        outlier_classes: test images of these classes form a second test dataloader (outlier detection,
+            e.g. the ODIN protocols), labelled with their original class ids; must not overlap ``classes``.
     """
 
     dataset_cls: type[MNISTDataset] = MNISTDataset
@@ -122,6 +124,7 @@ class MNISTDataModule(LightningDataModule):
         scale: Scale = "standardize",
         image_size: int = 28,
         train_subset: int | None = None,
+        outlier_classes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -130,11 +133,19 @@ class MNISTDataModule(LightningDataModule):
             len(set(classes)) != len(classes) or not all(0 <= c < len(self.class_names) for c in classes)
         ):
             raise ValueError(f"classes must be distinct labels in 0..{len(self.class_names) - 1}, got {classes}")
+        if outlier_classes is not None:
+            if len(set(outlier_classes)) != len(outlier_classes) or not all(
+                0 <= c < len(self.class_names) for c in outlier_classes
+            ):
+                raise ValueError(f"outlier_classes must be distinct labels in 0..{len(self.class_names) - 1}")
+            if classes is None or set(outlier_classes) & set(classes):
+                raise ValueError("outlier_classes must not overlap the training classes (set both)")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
+        self.outlier_set: TensorDataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -199,6 +210,9 @@ class MNISTDataModule(LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             test = self._dataset(train=False)
             self.test_set = TensorDataset(*self._tensors(test.data, test.targets))
+            if self.hparams.outlier_classes:
+                keep = torch.isin(test.targets, torch.tensor(self.hparams.outlier_classes))
+                self.outlier_set = TensorDataset(self.transform(test.data[keep]), test.targets[keep])
 
     def _loader(self, dataset: TensorDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
@@ -217,7 +231,10 @@ class MNISTDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test set; with ``outlier_classes`` a list ``[test set, outlier set]``."""
+        if self.hparams.outlier_classes:
+            return [self._loader(self.test_set, shuffle=False), self._loader(self.outlier_set, shuffle=False)]
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:

@@ -53,8 +53,9 @@ class ImageClassifier(PaperzooModule):
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
         train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, sync_dist=not train)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, sync_dist=not train,
+                 add_dataloader_idx=False)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
         return loss
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
@@ -63,7 +64,12 @@ class ImageClassifier(PaperzooModule):
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx > 0:
+            # a further test set (e.g. outliers of classes the net never saw): forward only, for callbacks
+            # that score it through hooks (ODIN); loss and accuracy are of the first test set only
+            self(batch[0])
+            return
         self._step(batch, "test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
