@@ -1,6 +1,6 @@
 """8-Gaussians study of the EWC-GAN paper: GAN, SN-GAN, EWC-GAN (two alphas) and IS-GAN over several seeds.
 
-    flock /tmp/paperzoo-cpu.lock .venv/bin/python benchmarks/ewc_gan_gaussians_study.py --seeds 5 --iters 1500
+    flock /tmp/paperzoo-cpu.lock .venv/bin/python benchmarks/ewc_gan_gaussians_study.py --seeds 5 --iters 800
 
 Each run is the real thing (``GAN`` LightningModule + ``GaussianMixtureDataModule`` + the penalty callback,
 trained by a Lightning ``Trainer``), shortened from the paper's 25K iterations to ``--iters`` (one
@@ -59,13 +59,13 @@ def run(name: str, gan_kwargs: dict, penalty, seed: int, args) -> dict[str, floa
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=1500)
+    p.add_argument("--iters", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--latent-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alphas", type=int, nargs=2, default=[10, 100])
-    p.add_argument("--lam", type=float, default=1000.0, help="EWC lambda")
+    p.add_argument("--lam", type=float, default=100.0, help="EWC lambda")
     p.add_argument("--is-lam", type=float, default=100.0, help="IS lambda")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--only", nargs="*", default=None, help="run only these variants (names as printed)")
