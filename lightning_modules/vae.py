@@ -2,8 +2,8 @@
 
 ``loss = reconstruction + sum(term(out) for term in losses)`` with the terms of
 :mod:`lightning_modules.vae_losses` (``KLTerm``, ``CapacityTerm``, ``BetaTCTerm``, ``FactorVAETerm``,
-``DIPTerm``, ``MMDTerm``), so VAE, beta-VAE, controlled capacity, beta-TCVAE, FactorVAE, DIP-VAE-I/II and
-InfoVAE are configs, and compatible terms combine (e.g. beta-TCVAE + capacity). Encoder/decoder pair
+``DIPTerm``, ``MMDTerm``, ``IFCVAETerm``), so VAE, beta-VAE, controlled capacity, beta-TCVAE, FactorVAE, DIP-VAE-I/II and
+InfoVAE and IFCVAE are configs, and compatible terms combine (e.g. beta-TCVAE + capacity). Encoder/decoder pair
 (``arch``: ``conv64``, ``conv``, ``mlp``) and ``latent_dim`` are config choices. A conditional VAE (CVAE)
 is the same module with ``cond_factors``: those label columns (one-hot) go into encoder and decoder.
 
@@ -14,7 +14,7 @@ DDP run FactorVAE with ``--trainer.strategy=ddp_find_unused_parameters_true``. S
 config; ``ReduceLROnPlateau`` monitors ``monitor`` (default ``val/loss``).
 
 Logs ``{train,val,test}/loss``, ``/recon``, and each term's diagnostics (``kl``, ``tc``, ``mi``,
-``dwkl``, ``capacity``, ``dip``, ``mmd``, ``disc_loss``, ``disc_acc``). Image grids for the
+``dwkl``, ``capacity``, ``dip``, ``mmd``, ``aux_ce``, ``aux_acc``, ``adv_confusion``, ``<term>_disc_loss``, ``<term>_disc_acc``). Image grids for the
 ``ImageGrids`` callback: reconstructions, prior samples, latent traversals (each latent swept over
 ``[-traversal_range, traversal_range]`` from ``num_fixed`` fixed validation inputs); optional GIFs of the
 traversals in the run folder (``gif_every_n_epochs``). ``representation(x, factors)`` (posterior means)
@@ -92,9 +92,10 @@ class VAE(PaperzooModule):
         self.hparams["loss_terms"] = ", ".join(f"{type(t).__name__}({_term_args(t)})" for t in self.losses)
         self.adversarial = [t for t in self.losses if getattr(t, "discriminator", None) is not None]
         for t in self.adversarial:
-            d_in = t.discriminator.net[0].in_features
-            if d_in != latent_dim:
-                raise ValueError(f"{type(t).__name__} discriminator takes {d_in} latents; set its latent_dim to {latent_dim}")
+            d_in = next(m for m in t.discriminator.modules() if isinstance(m, nn.Linear)).in_features
+            expected = latent_dim - getattr(t, "k", 0)
+            if d_in != expected:
+                raise ValueError(f"{type(t).__name__} discriminator takes {d_in} latents, expected {expected}: set its latent_dim to {latent_dim}")
         self.automatic_optimization = not self.adversarial
         self.register_buffer("prior_noise", torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(0)), persistent=False)
         self._fixed: tuple[Tensor, Tensor | None] | None = None
@@ -148,7 +149,7 @@ class VAE(PaperzooModule):
         logits, mu, logvar, z = self(x, c)
         # Lightning counts every optimizer's step in global_step: annealing follows VAE updates (= batches)
         step = self.global_step // (1 + len(self.adversarial))
-        out = VAEOutput(x=x, logits=logits, mu=mu, logvar=logvar, z=z, step=step, dataset_size=self.dataset_size)
+        out = VAEOutput(x=x, logits=logits, mu=mu, logvar=logvar, z=z, step=step, dataset_size=self.dataset_size, labels=labels)
         recon = reconstruction_loss(x, logits, self.hparams.recon)
         logs: dict[str, Tensor] = {"recon": recon}
         loss = recon
@@ -184,12 +185,13 @@ class VAE(PaperzooModule):
         self.untoggle_optimizer(opt_vae)
         for term, opt_d in zip(self.adversarial, opt_ds):
             self.toggle_optimizer(opt_d)
-            d_loss, d_acc = term.discriminator_loss(out.z, out.z)
+            d_loss, d_acc = term.discriminator_loss(out)
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
             self.untoggle_optimizer(opt_d)
-            logs.update(disc_loss=d_loss, disc_acc=d_acc)
+            name = type(term).__name__.removesuffix("Term").lower()
+            logs.update({f"{name}_disc_loss": d_loss, f"{name}_disc_acc": d_acc})
         self._log(logs, "train")
         return None
 

@@ -15,6 +15,7 @@ beta-TCVAE      ``[BetaTCTerm(alpha=1, beta=6, gamma=1)]`` (minibatch weighted s
 FactorVAE       ``[KLTerm(beta=1), FactorVAETerm(gamma=35)]`` (discriminator, own optimizer)
 DIP-VAE-I/II    ``[KLTerm(beta=1), DIPTerm(kind="i"|"ii", lambda_od=10, lambda_d=100|10)]``
 InfoVAE         ``[KLTerm(beta=1 - alpha), MMDTerm(weight=alpha + lambda - 1)]``
+IFCVAE          ``[KLTerm(beta=1), IFCVAETerm(attr_factors=[0], attr_classes=[3])]`` (known attributes)
 ==============  =================================================================
 
 All per-sample quantities are summed over latent dimensions / pixels and averaged over the batch.
@@ -44,6 +45,7 @@ class VAEOutput:
     z: Tensor  # one reparameterised sample per input (N, D)
     step: int = 0  # global optimisation step (for annealed terms)
     dataset_size: int = 1  # number of training examples (beta-TCVAE's estimator)
+    labels: Tensor | None = None  # the batch's label columns (factor classes / attributes), if any
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -237,9 +239,9 @@ class FactorVAETerm(LossTerm):
         tc = (logits[:, 0] - logits[:, 1]).mean()
         return self.gamma * tc, {"tc": tc}
 
-    def discriminator_loss(self, z: Tensor, z_other: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-entropy of D on ``z`` (label 0) and permuted ``z_other`` (label 1); returns (loss, accuracy)."""
-        z, z_perm = z.detach(), permute_dims(z_other.detach())
+    def discriminator_loss(self, out: VAEOutput) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of D on ``z`` (label 0) and permuted ``z`` (label 1); returns (loss, accuracy)."""
+        z, z_perm = out.z.detach(), permute_dims(out.z.detach())
         logits = self.discriminator(torch.cat([z, z_perm]))
         target = torch.cat([torch.zeros(len(z), dtype=torch.long), torch.ones(len(z_perm), dtype=torch.long)]).to(z.device)
         loss = F.cross_entropy(logits, target)
@@ -286,3 +288,72 @@ class MMDTerm(LossTerm):
         prior = torch.randn(self.n_prior, out.z.shape[1], device=out.z.device, dtype=out.z.dtype)
         value = mmd(prior, out.z)
         return self.weight * value, {"mmd": value}
+
+
+class IFCVAETerm(LossTerm):
+    """Information factorisation (after Creswell et al., 2017, as in Disentanglement-PyTorch's IFCVAE).
+
+    The first ``num_attr_latents`` latents are forced to encode known attributes (label columns
+    ``attr_factors`` with ``attr_classes`` classes): a positive *auxiliary* linear classifier on them is
+    trained with the VAE (``aux_weight * CE``). The other latents are cleared of the attributes by a
+    negative *adversarial* discriminator (an MLP with its own Adam optimizer) that predicts the attributes
+    from them; the VAE minimises ``adv_weight * CE(adversary, uniform)`` (the adversary's confusion).
+    """
+
+    def __init__(
+        self,
+        attr_factors: list[int],
+        attr_classes: list[int],
+        latent_dim: int = 10,
+        num_attr_latents: int | None = None,
+        aux_weight: float = 10.0,
+        adv_weight: float = 10.0,
+        hidden: int = 256,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+    ) -> None:
+        super().__init__()
+        if len(attr_factors) != len(attr_classes) or not attr_factors:
+            raise ValueError("attr_factors and attr_classes must be non-empty and of the same length")
+        self.attr_factors, self.attr_classes = list(attr_factors), list(attr_classes)
+        self.k = num_attr_latents if num_attr_latents is not None else len(attr_factors)
+        if not 0 < self.k < latent_dim:
+            raise ValueError(f"num_attr_latents must be in (0, latent_dim={latent_dim}), got {self.k}")
+        self.aux_weight, self.adv_weight, self.lr, self.betas = aux_weight, adv_weight, lr, tuple(betas)
+        self.auxiliary = nn.Linear(self.k, sum(attr_classes))
+        self.discriminator = nn.Sequential(
+            nn.Linear(latent_dim - self.k, hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, sum(attr_classes)),
+        )
+
+    def _targets(self, out: VAEOutput) -> list[Tensor]:
+        if out.labels is None:
+            raise ValueError("IFCVAETerm needs labelled batches (images, labels)")
+        labels = out.labels.long()
+        if labels.dim() == 1:
+            labels = labels[:, None]
+        return [labels[:, f] for f in self.attr_factors]
+
+    def _split(self, logits: Tensor) -> list[Tensor]:
+        return list(logits.split(self.attr_classes, dim=1))
+
+    def forward(self, out: VAEOutput) -> tuple[Tensor, dict[str, Tensor]]:
+        targets = self._targets(out)
+        aux = self._split(self.auxiliary(out.z[:, : self.k]))
+        aux_ce = sum(F.cross_entropy(a, t) for a, t in zip(aux, targets))
+        aux_acc = torch.stack([(a.argmax(1) == t).float().mean() for a, t in zip(aux, targets)]).mean()
+        adv = self._split(self.discriminator(out.z[:, self.k :]))
+        confusion = sum(-F.log_softmax(a, dim=1).mean(1).mean() for a in adv)
+        loss = self.aux_weight * aux_ce + self.adv_weight * confusion
+        return loss, {"aux_ce": aux_ce, "aux_acc": aux_acc, "adv_confusion": confusion}
+
+    def discriminator_loss(self, out: VAEOutput) -> tuple[Tensor, Tensor]:
+        """The adversary's cross-entropy predicting the attributes from the non-attribute latents."""
+        targets = self._targets(out)
+        adv = self._split(self.discriminator(out.z[:, self.k :].detach()))
+        loss = sum(F.cross_entropy(a, t) for a, t in zip(adv, targets))
+        acc = torch.stack([(a.argmax(1) == t).float().mean() for a, t in zip(adv, targets)]).mean()
+        return loss, acc
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas)

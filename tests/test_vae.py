@@ -63,7 +63,7 @@ def test_factorvae_updates_vae_and_discriminator(dsprites_root: Path) -> None:
     # Lightning counts both optimizers' steps: max_steps=3 stops after 2 batches
     assert opt_d.param_groups[0]["lr"] == 1e-4 and trainer.global_step == 4
     assert int(opt_vae.state[opt_vae.param_groups[0]["params"][0]]["step"]) == 2
-    assert 0.0 <= float(trainer.callback_metrics["train/disc_acc"]) <= 1.0
+    assert 0.0 <= float(trainer.callback_metrics["train/factorvae_disc_acc"]) <= 1.0
 
 
 def test_capacity_and_tc_terms_see_step_and_dataset_size(dsprites_root: Path) -> None:

@@ -99,7 +99,7 @@ def test_factorvae_term_and_discriminator_loss() -> None:
     loss, logs = term(out)
     assert torch.allclose(logs["tc"], (logits[:, 0] - logits[:, 1]).mean())
     assert torch.allclose(loss, 10.0 * logs["tc"])
-    d_loss, acc = term.discriminator_loss(out.z, out.z)
+    d_loss, acc = term.discriminator_loss(out)
     assert d_loss.item() > 0 and 0.0 <= acc.item() <= 1.0
     assert not d_loss.requires_grad or all(p.grad is None for p in [out.z])
 
@@ -141,3 +141,21 @@ def test_mmd_matches_double_loop_and_is_zero_for_identical_samples() -> None:
     assert mmd(a, a).item() == pytest.approx(0.0, abs=1e-6)
     loss, logs = MMDTerm(weight=7.0, n_prior=500)(_out())
     assert torch.allclose(loss, 7.0 * logs["mmd"]) and logs["mmd"].item() > 0
+
+
+def test_ifcvae_term_matches_direct_cross_entropies() -> None:
+    from lightning_modules.vae_losses import IFCVAETerm
+
+    term = IFCVAETerm(attr_factors=[1], attr_classes=[3], latent_dim=3, aux_weight=2.0, adv_weight=5.0, hidden=8)
+    out = _out(n=6, d=3)
+    out.labels = torch.tensor([[9, 0], [9, 1], [9, 2], [9, 0], [9, 1], [9, 2]])
+    y = out.labels[:, 1]
+    aux = torch.nn.functional.cross_entropy(term.auxiliary(out.z[:, :1]), y)
+    adv_logits = term.discriminator(out.z[:, 1:])
+    confusion = -torch.log_softmax(adv_logits, 1).mean()  # cross-entropy against the uniform distribution
+    loss, logs = term(out)
+    assert torch.allclose(loss, 2.0 * aux + 5.0 * confusion, atol=1e-5)
+    d_loss, _ = term.discriminator_loss(out)
+    assert torch.allclose(d_loss, torch.nn.functional.cross_entropy(adv_logits, y), atol=1e-5)
+    with pytest.raises(ValueError, match="labelled"):
+        term(_out(n=6, d=3))
