@@ -138,9 +138,11 @@ def _clash(chain: Chain, coords: np.ndarray, ca_idx: np.ndarray, min_dist: float
     return bool((d[far] < min_dist).any())
 
 
-def perturb(chain: Chain, rng: np.random.Generator, n_moves: int, max_angle: float) -> np.ndarray:
-    """Coordinates after ``n_moves`` torsion / crankshaft moves of log-uniform magnitude up to ``max_angle`` degrees."""
-    coords = chain.coords.copy()
+def perturb(chain: Chain, rng: np.random.Generator, n_moves: int, max_angle: float, torsion_fraction: float = 0.7,
+            coords: np.ndarray | None = None) -> np.ndarray:
+    """Coordinates after ``n_moves`` moves of log-uniform magnitude in [max_angle / 8, max_angle] degrees:
+    a share ``torsion_fraction`` of phi/psi torsions (hinges), the rest crankshaft segment moves (local errors)."""
+    coords = (chain.coords if coords is None else coords).copy()
     n = chain.num_residues
     ca_idx = np.array([chain.atom(r, "CA") for r in range(n)])
     done = 0
@@ -149,7 +151,7 @@ def perturb(chain: Chain, rng: np.random.Generator, n_moves: int, max_angle: flo
             break
         angle = np.deg2rad(np.exp(rng.uniform(np.log(max_angle / 8), np.log(max_angle)))) * rng.choice([-1, 1])
         new = coords.copy()
-        if rng.random() < 0.7:  # phi or psi torsion of residue r: rigidly move everything downstream
+        if rng.random() < torsion_fraction:  # phi or psi torsion of residue r: rigidly move everything downstream
             r = int(rng.integers(1, n - 1))
             if rng.random() < 0.5:
                 a, b = chain.atom(r, "N"), chain.atom(r, "CA")
@@ -201,9 +203,13 @@ def build(root: Path, seed: int = 0, targets: int = 24, decoys: int = 16, max_le
         rows = []
         for k in range(decoys):
             # quality spread: number of moves and the largest angle both vary per decoy
-            n_moves = int(np.exp(rng.uniform(0.0, np.log(40.0))))
+            # global quality: a few hinge torsions; local errors: crankshaft remodels of short segments
+            n_moves = int(rng.integers(0, 7))
             max_angle = float(np.exp(rng.uniform(np.log(10.0), np.log(180.0))))
-            coords = perturb(chain, rng, n_moves, max_angle)
+            coords = perturb(chain, rng, n_moves, max_angle, torsion_fraction=1.0)
+            n_local = int(rng.integers(0, 16))
+            coords = perturb(chain, rng, n_local, 180.0, torsion_fraction=0.0, coords=coords)
+            n_moves += n_local
             keep = np.ones(chain.num_residues, dtype=bool)
             if rng.random() < 0.2:  # truncation of one terminus
                 cut = int(rng.integers(3, max(4, chain.num_residues // 6)))
