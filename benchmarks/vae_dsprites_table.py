@@ -62,6 +62,7 @@ def train_and_score(method: str, args: argparse.Namespace) -> dict:
         "metrics_seconds": round(time.perf_counter() - start, 1), "times": {k: round(v, 2) for k, v in times.items()},
         "rendered_images": dm.factor_sampler.rendered, "scale": args.scale, "dci_scale": args.dci_scale, "threads": args.threads, **scores,
     }
+    torch.save(model.state_dict(), Path(args.out) / f"{method}.pt")
     print(json.dumps(result))
     return result
 
