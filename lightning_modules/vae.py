@@ -52,6 +52,9 @@ class VAE(PaperzooModule):
         traversal_range, traversal_steps, num_fixed: latent traversal grid.
         gif_every_n_epochs: write ``traversal_epoch<E>.gif`` into the log folder every N validation epochs (0: never).
         optimizer, scheduler: injected from the config; ``monitor``: metric for ReduceLROnPlateau.
+
+    The loss terms are modules, not saved hyperparameters: restore with the CLI and the run's config
+    (``--ckpt_path``), or ``VAE.load_from_checkpoint(path, losses=[...])`` with the same terms.
     """
 
     hparams_metrics = ("val/loss", "val/recon", "val/disent/mig", "val/disent/factor_vae", "val/disent/beta_vae", "val/disent/dci_disentanglement")
@@ -89,7 +92,6 @@ class VAE(PaperzooModule):
         self.encoder = build_encoder(arch, in_channels, image_size, latent_dim, cond_dim, **kwargs)
         self.decoder = build_decoder(arch, in_channels, image_size, latent_dim, cond_dim, **kwargs)
         self.losses = nn.ModuleList(losses if losses is not None else [KLTerm(1.0)])
-        self.hparams["loss_terms"] = ", ".join(f"{type(t).__name__}({_term_args(t)})" for t in self.losses)
         self.adversarial = [t for t in self.losses if getattr(t, "discriminator", None) is not None]
         for t in self.adversarial:
             d_in = next(m for m in t.discriminator.modules() if isinstance(m, nn.Linear)).in_features
@@ -303,6 +305,16 @@ class VAE(PaperzooModule):
         return path
 
     # ------------------------------------------------------------------------------------------ state
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams_metrics:
+            # the loss terms are modules (not hyperparameters): describe them once in the text tab
+            text = "; ".join(f"{type(t).__name__}({_term_args(t)})" for t in self.losses)
+            for logger in self.loggers:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_text") and self.trainer.is_global_zero:
+                    experiment.add_text("loss_terms", text, global_step=self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._fixed is not None:
