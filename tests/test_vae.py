@@ -143,3 +143,15 @@ def test_celeba_configs_run_on_real_faces(config: str, shared_data: Path, tmp_pa
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     grids = cli.model.image_grids()
     assert grids["recon"][0].shape == (2 * 3, 3, 64, 64) and grids["traversal/0"][0].shape == (10 * 9, 3, 64, 64)
+
+
+def test_schedulers_step_in_manual_and_automatic_mode(dsprites_root: Path) -> None:
+    from functools import partial
+
+    for losses in ([KLTerm(1.0)], [KLTerm(1.0), FactorVAETerm(gamma=1.0, latent_dim=4, hidden=16, layers=2)]):
+        model = _small_vae(losses=losses, optimizer=partial(torch.optim.Adam, lr=1e-3),
+                           scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+        trainer = Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(model, _dm(dsprites_root))
+        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2.5e-4)  # halved after each epoch
