@@ -57,6 +57,10 @@ class _GuidedBackbone(PaperzooModule):
         """The posterior ``(mu, logvar)`` of ``x``."""
         return self.encoder(x)
 
+    def representation(self, x: Tensor, factors: Tensor | None = None) -> Tensor:
+        """Posterior means: the code scored by :class:`callbacks.disentanglement.DisentanglementMetrics`."""
+        return self.encoder(x)[0]
+
     def decode(self, z: Tensor) -> Tensor:
         """Mean image of ``p(x|z)`` in the data's range."""
         out = self.decoder(z)
@@ -264,7 +268,7 @@ class SupervisedGuidedVAE(_GuidedBackbone):
     ``T`` latents) carries attribute ``t``.
 
     Args:
-        attributes: the ``T`` guided attributes (names or column indices).
+        guide_attributes: the ``T`` guided attributes (names or column indices; ``attributes`` is the data module's).
         excitation_weight: weight of the hinge ``max(0, 1 - y_t z_t)`` (summed over attributes).
         inhibition_weight: weight of the encoder's adversarial term.
         inhibition: ``maximize`` (the paper: the encoder maximises the adversary's cross-entropy) or
@@ -281,7 +285,7 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         in_channels: int = 3,
         image_size: int = 64,
         latent_dim: int = 16,
-        attributes: list[str | int] = ("Smiling", "Male", "Black_Hair"),  # type: ignore[assignment]
+        guide_attributes: list[str | int] = ("Smiling", "Male", "Black_Hair"),  # type: ignore[assignment]
         arch: str = "conv64",
         arch_kwargs: dict[str, Any] | None = None,
         beta: float = 1.0,
@@ -296,39 +300,41 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         adversary_optimizer: OptimizerCallable = torch.optim.Adam,
     ) -> None:
         super().__init__()
-        attributes = list(attributes)
+        guide_attributes = list(guide_attributes)
         self.save_hyperparameters(ignore=["optimizer", "adversary_optimizer"])
-        if not 1 <= len(attributes) < latent_dim:
-            raise ValueError(f"need 1 <= number of attributes < latent_dim={latent_dim}, got {len(attributes)}")
+        if not 1 <= len(guide_attributes) < latent_dim:
+            raise ValueError(f"need 1 <= number of attributes < latent_dim={latent_dim}, got {len(guide_attributes)}")
         if inhibition not in ("maximize", "confuse"):
             raise ValueError(f"inhibition must be 'maximize' or 'confuse', got {inhibition!r}")
         self.automatic_optimization = False
         self.optimizer, self.adversary_optimizer = optimizer, adversary_optimizer
         self._build_backbone(arch, in_channels, image_size, latent_dim, arch_kwargs)
-        self.adversaries = nn.ModuleList(LatentClassifier(latent_dim - 1, adversary_hidden) for _ in attributes)
+        self.adversaries = nn.ModuleList(LatentClassifier(latent_dim - 1, adversary_hidden) for _ in guide_attributes)
         self.register_buffer("attribute_columns", torch.tensor(
-            [a if isinstance(a, int) else -1 for a in attributes], dtype=torch.long))
+            [a if isinstance(a, int) else -1 for a in guide_attributes], dtype=torch.long))
         for stage in ("train", "val", "test"):
             for kind in ("excitation", "adversary"):
-                setattr(self, f"{stage}_{kind}_acc", nn.ModuleList(BinaryAccuracy() for _ in attributes))
+                setattr(self, f"{stage}_{kind}_acc", nn.ModuleList(BinaryAccuracy() for _ in guide_attributes))
 
     # ---- attributes -------------------------------------------------------------------------------------
     @property
     def attribute_names(self) -> list[str]:
-        return [str(a) for a in self.hparams.attributes]
+        return [str(a) for a in self.hparams.guide_attributes]
 
     def setup(self, stage: str) -> None:
-        """Resolve attribute names to columns with the data module's names (else the official CelebA order)."""
+        """Resolve attribute names to columns with the data module's names (else keep what :meth:`resolve_attributes` set,
+        else the official CelebA order)."""
         names = None
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         for attr in ("attribute_names", "attr_names"):
             names = names or (list(getattr(dm, attr)) if dm is not None and getattr(dm, attr, None) is not None else None)
-        self.resolve_attributes(names)
+        if names is not None or (self.attribute_columns < 0).any():
+            self.resolve_attributes(names)
 
     def resolve_attributes(self, names: Sequence[str] | None = None) -> None:
         names = list(names) if names is not None else list(CELEBA_ATTRIBUTES)
         columns = []
-        for a in self.hparams.attributes:
+        for a in self.hparams.guide_attributes:
             if isinstance(a, int):
                 columns.append(a)
             elif a in names:
@@ -446,7 +452,7 @@ class SupervisedGuidedVAE(_GuidedBackbone):
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
         mu, logvar = self.encoder(batch[0])
-        T = len(self.hparams.attributes)
+        T = len(self.hparams.guide_attributes)
         return {"mu": mu, "logvar": logvar, "z_t": mu[:, :T], "attribute_probs": torch.sigmoid(mu[:, :T])}
 
     def configure_optimizers(self):

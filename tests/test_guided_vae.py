@@ -116,7 +116,7 @@ def _attached_model(inhibition: str = "maximize", lr: float = 1e-2) -> tuple[Sup
     torch.manual_seed(0)
     x, attrs = _attribute_batch()
     model = SupervisedGuidedVAE(
-        in_channels=3, image_size=8, latent_dim=6, attributes=[0, 1], arch="mlp", arch_kwargs=MLP,
+        in_channels=3, image_size=8, latent_dim=6, guide_attributes=[0, 1], arch="mlp", arch_kwargs=MLP,
         inhibition=inhibition, inhibition_weight=10.0,
         optimizer=lambda p: torch.optim.Adam(p, lr=lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
     )
@@ -168,7 +168,7 @@ def test_excitation_makes_z_t_predict_the_attribute() -> None:
 
 
 def test_attribute_names_resolve_against_the_data() -> None:
-    model = SupervisedGuidedVAE(latent_dim=16, attributes=["Smiling", "Male", "Black_Hair"])
+    model = SupervisedGuidedVAE(latent_dim=16, guide_attributes=["Smiling", "Male", "Black_Hair"])
     model.resolve_attributes()  # the official CelebA order
     assert model.attribute_columns.tolist() == [31, 20, 8]
     model.resolve_attributes(["Male", "Smiling", "Black_Hair"])
@@ -179,4 +179,37 @@ def test_attribute_names_resolve_against_the_data() -> None:
     with pytest.raises(ValueError, match="unknown attribute 'Smiling'"):
         model.resolve_attributes(["Male"])
     with pytest.raises(ValueError, match="1 <= number of attributes"):
-        SupervisedGuidedVAE(latent_dim=2, attributes=["Male", "Smiling"])
+        SupervisedGuidedVAE(latent_dim=2, guide_attributes=["Male", "Smiling"])
+
+
+@pytest.fixture(scope="module")
+def celeba_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small offline CelebA sample (synthetic faces with known attributes)."""
+    from datamodules.samples import celeba
+
+    root = tmp_path_factory.mktemp("celeba_data")
+    celeba.build(root, num_images=60)
+    return root
+
+
+def test_supervised_cli_fit_logs_game_terms_accuracies_and_traversals(
+    celeba_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAPERZOO_DATA", str(celeba_root))
+    common = ["--config", str(CONFIGS / "guided_vae_celeba.yaml"), *out_args(tmp_path), *QUIET,
+              "--data.batch_size=8", "--data.image_size=32", "--model.image_size=32", "--model.arch=conv",
+              "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+              "--trainer.log_every_n_steps=1"]
+    cli = run_cli(["fit", *common, "--trainer.max_epochs=1"])
+    assert cli.model.attribute_columns.tolist() == [31, 20, 8]  # names resolved against the data module
+    assert cli.trainer.global_step == 6  # manual optimisation: the adversaries' and the VAE's step per batch
+    (log_dir,) = version_dirs(tmp_path, "guided_vae_celeba")
+    tags = scalars(log_dir)
+    assert {"train/loss", "train/excitation", "train/inhibition", "train/adversary", "val/excitation_err",
+            "val/adversary_err", "val/excitation_acc/Smiling", "val/adversary_acc/Black_Hair"} <= set(tags)
+    assert tags["train/inhibition"][0][1] == pytest.approx(-tags["train/adversary"][0][1], rel=0.5)  # same game, two sides
+    assert {"val/traversal/Smiling", "val/traversal/Male", "val/traversal/Black_Hair", "val/reconstructions"} <= plugin_tags(
+        log_dir, "images")
+    ckpt = tmp_path / "guided_vae_celeba" / "checkpoints" / "last.ckpt"
+    cli = run_cli(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path", str(ckpt)])
+    assert cli.trainer.global_step == 12

@@ -70,7 +70,7 @@ class DeformationHead(nn.Module):
         self.deformation, self.def_dim, self.max_log_scale = deformation, def_dim, max_log_scale
         if deformation == "affine":
             self.linear = nn.Linear(def_dim, 6)
-            nn.init.normal_(self.linear.weight, std=0.01)
+            nn.init.normal_(self.linear.weight, std=0.2 / math.sqrt(def_dim))
             with torch.no_grad():
                 self.linear.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
         else:
