@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
+    parser.add_argument("--ckpt", default=None,
+                        help="score this checkpoint (trained with the config, ODIN state inside) instead of training")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("extra", nargs="*", help="further lightning CLI arguments (after --)")
     args = parser.parse_args(argv)
@@ -46,16 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--config", args.config, f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
               "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *args.extra]
     t0 = time.perf_counter()
-    run = cli(["fit", *common])
-    t_fit = time.perf_counter() - t0
-    (odin,) = [cb for cb in run.trainer.callbacks if isinstance(cb, ODIN)]
-    t0 = time.perf_counter()
-    tested = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
+    if args.ckpt:
+        run = cli(["test", *common, "--ckpt_path", args.ckpt])
+        t_fit = 0.0
+        tested = [dict(run.trainer.callback_metrics)]
+        (odin,) = [cb for cb in run.trainer.callbacks if isinstance(cb, ODIN)]
+        print(f"scored {args.ckpt}; ODIN refits in this process: {odin.fits}")
+    else:
+        run = cli(["fit", *common])
+        t_fit = time.perf_counter() - t0
+        (odin,) = [cb for cb in run.trainer.callbacks if isinstance(cb, ODIN)]
+        t0 = time.perf_counter()
+        tested = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
     t_test = time.perf_counter() - t0
-    acc = tested[0].get("test/acc", float("nan")) if tested else float("nan")
+    acc = float(tested[0].get("test/acc", float("nan"))) if tested else float("nan")
 
     sets = list(odin.outlier_sets)
-    lines = [f"# ODIN outlier detection: `{args.config}` {' '.join(args.extra)}", "",
+    source = f" (scored checkpoint `{args.ckpt}`)" if args.ckpt else ""
+    lines = [f"# ODIN outlier detection: `{args.config}` {' '.join(args.extra)}{source}", "",
              f"test accuracy on the known classes: **{acc:.4f}**; ODIN fitted on {odin.fitted['n_fit']} training "
              f"samples; train+fit {t_fit:.0f} s, test {t_test:.0f} s", ""]
     header = "| layer | score | level | ROC-AUC | FPR@95TPR | " + " | ".join(f"ROC-AUC {s}" for s in sets)

@@ -156,9 +156,19 @@ def mahalanobis(scores: Tensor, precision: Tensor) -> Tensor:
     return torch.einsum("ni,ij,nj->n", scores, precision, scores).clamp_min(0.0).sqrt()
 
 
+def to_unit_interval(scores: Tensor) -> Tensor:
+    """Dense ranks scaled to [0, 1]: a monotone map keeping ties, so ROC statistics are unchanged.
+
+    torchmetrics' binary metrics treat scores outside [0, 1] as logits and apply a sigmoid, which
+    saturates distances such as an RSS of 100+ into ties; ranks avoid that.
+    """
+    unique, inverse = torch.unique(scores.double(), return_inverse=True)
+    return inverse.double() / max(len(unique) - 1, 1)
+
+
 def fpr_at_tpr(scores: Tensor, is_outlier: Tensor, tpr: float = 0.95) -> Tensor:
     """False-positive rate at the first threshold whose true-positive rate reaches ``tpr`` (outliers positive)."""
-    fpr, tprs, _ = binary_roc(scores.double(), is_outlier.long())
+    fpr, tprs, _ = binary_roc(to_unit_interval(scores), is_outlier.long())
     idx = torch.nonzero(tprs >= tpr - 1e-12)
     return fpr[idx[0, 0]] if len(idx) else torch.tensor(1.0)
 
@@ -229,7 +239,8 @@ def summarize(
     n_out = int(is_outlier.sum())
     if n_out == 0 or n_out == len(is_outlier):
         raise ValueError("ROC-AUC needs both inliers and outliers")
-    out = {"auroc": binary_auroc(scores.double(), is_outlier.long()), "fpr95": fpr_at_tpr(scores, is_outlier, tpr)}
+    out = {"auroc": binary_auroc(to_unit_interval(scores), is_outlier.long()),
+           "fpr95": fpr_at_tpr(scores, is_outlier, tpr)}
     if threshold is not None:
         out.update(flag_summary(scores > threshold, is_outlier))
     return out
@@ -260,5 +271,5 @@ def energy(logits: Tensor, temperature: float = 1.0) -> Tensor:
 __all__: Sequence[str] = (
     "CovarianceAccumulator", "OutlierScores", "covariance_from_moments", "PCA", "RowCollector", "energy", "fit_pca", "flag_summary", "fpr_at_tpr",
     "mahalanobis", "pca_from_moments", "pca_rank", "pca_scores", "precision_recall_f1", "quantile_threshold",
-    "rss", "score_precision", "softmax_entropy", "summarize",
+    "rss", "score_precision", "softmax_entropy", "summarize", "to_unit_interval",
 )

@@ -102,10 +102,14 @@ def test_auroc_fpr95_and_flags() -> None:
     truth = torch.cat([torch.zeros(400), torch.ones(300)]).long()
     res = summarize(scores, truth, threshold=1.0)
     assert abs(float(res["auroc"]) - roc_auc_score(truth.numpy(), scores.numpy())) < 1e-6
+    # distances are large: torchmetrics would read them as logits and saturate a sigmoid into ties
+    big = scores * 1000 + 500
+    assert abs(float(summarize(big, truth)["auroc"]) - roc_auc_score(truth.numpy(), big.numpy())) < 1e-6
     # FPR at 95% TPR by hand: threshold = 5th percentile of the outlier scores
     out_sorted = scores[truth == 1].sort(descending=True).values
     thr = out_sorted[int(np.ceil(0.95 * 300)) - 1]
     assert abs(float(fpr_at_tpr(scores, truth)) - float((scores[truth == 0] >= thr).float().mean())) < 1e-6
+    assert abs(float(fpr_at_tpr(big, truth)) - float((scores[truth == 0] >= thr).float().mean())) < 1e-6
     p, r, f = precision_recall_f1(scores > 1.0, truth)
     tp = int(((scores > 1.0) & (truth == 1)).sum())
     assert abs(float(p) - tp / int((scores > 1.0).sum())) < 1e-6 and abs(float(r) - tp / 300) < 1e-6
