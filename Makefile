@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# real protein chains for the CASP sample builder: only its data files are read, so no dependencies
+	$(PY) -m pip install --quiet --no-deps "MDAnalysisTests>=2.7"
 	touch $(STAMP)
 
 ## main job: build the MNIST sample (real digits in the official IDX format), train the classifier on it
