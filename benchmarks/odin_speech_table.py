@@ -40,7 +40,8 @@ def _table(title: str, acc: float, odin, n_test: int, n_out: int) -> list[str]:
     cells = []
     for _, name in SCORES:
         r = odin.results.get(name, {})
-        cells.append(f"{r.get('f1', float('nan')):.2f} (AUROC {r.get('auroc', float('nan')):.2f})" if r else "")
+        auroc = f" (AUROC {r['auroc']:.2f})" if "auroc" in r else ""
+        cells.append(f"{r.get('f1', float('nan')):.2f}{auroc}" if r else "")
     lines += [f"| all outliers | " + " | ".join(cells) + " |", ""]
     return lines
 
@@ -72,21 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     r, odin = run("sample", [])
     res = r.trainer.test(r.model, datamodule=r.datamodule, verbose=False)
     dm = r.datamodule
-    lines += _table("A: trained on the eSpeak sample, tested on the sample's test split (synthetic)",
-                    res[0]["test/acc"], odin, len(dm.test_set), len(dm.outlier_set))
+    def emit(new: list[str]) -> None:  # print as we go: a later failure keeps the earlier tables
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+
+    print("\n".join(lines), flush=True)
+    emit(_table("A: trained on the eSpeak sample, tested on the sample's test split (synthetic)",
+                    res[0]["test/acc"], odin, len(dm.test_set), len(dm.outlier_set)))
     if args.real:
-        hp = dict(r.datamodule.hparams)
+        hp = {k: v for k, v in dict(r.datamodule.hparams).items() if not k.startswith("_")}
         hp.update(test_data_dir=args.real)
         real = SpeechCommandsDataModule(**hp)
         res = r.trainer.test(r.model, datamodule=real, verbose=False)
-        lines += _table("B: the same model tested on the real v0.02 clips (official test split, partial copy)",
-                        res[0]["test/acc"], odin, len(real.test_set), len(real.outlier_set))
+        emit(_table("B: the same model tested on the real v0.02 clips (official test split, partial copy)",
+                        res[0]["test/acc"], odin, len(real.test_set), len(real.outlier_set)))
         r2, odin2 = run("half", [f"--data.test_data_dir={args.real}", "--data.test_speaker_half=true"])
         res = r2.trainer.test(r2.model, datamodule=r2.datamodule, verbose=False)
-        lines += _table("C: trained on the sample + real clips of half of the speakers, tested on the other half",
-                        res[0]["test/acc"], odin2, len(r2.datamodule.test_set), len(r2.datamodule.outlier_set))
+        emit(_table("C: trained on the sample + real clips of half of the speakers, tested on the other half",
+                        res[0]["test/acc"], odin2, len(r2.datamodule.test_set), len(r2.datamodule.outlier_set)))
     text = "\n".join(lines)
-    print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
     return 0
