@@ -129,15 +129,15 @@ def test_ddp_test_metrics_equal_single_process(sample_root: Path, tmp_path: Path
 def test_sample_training_reaches_targets(tmp_path: Path, monkeypatch) -> None:
     """The issue asks R_target >= 0.7 (GDT_TS) and R_model >= 0.5 (LDDT) on the sample's held-out targets.
 
-    R_target holds (0.80-0.86 in our runs); R_model does NOT reach 0.5 (0.26 in our runs, see README):
-    this asserts what holds, with the local threshold at the level we measured.
+    Measured with this recipe (OMP_NUM_THREADS=1): R_target 0.858, R_model 0.504. R_model is only just above
+    0.5, and thread count changes float summation order, so the local threshold here keeps a margin (0.45).
     """
     root = tmp_path / "data"
-    casp_sample.build(root, seed=0, decoys=32)
+    casp_sample.build(root, seed=0)
     monkeypatch.setenv("PAPERZOO_DATA", str(root))
     common = ["--config", CONFIG, *QUIET, *out_args(tmp_path)]
     run_cli(["fit", *common])
     cli = run_cli(["test", *common, "--ckpt_path", str(tmp_path / "graphqa_casp" / "checkpoints" / "last.ckpt")])
     logged = cli.trainer.callback_metrics
     assert float(logged["test/global/gdtts/r_target"]) >= 0.7
-    assert float(logged["test/local/lddt/r_model"]) >= 0.2
+    assert float(logged["test/local/lddt/r_model"]) >= 0.45
