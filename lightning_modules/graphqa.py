@@ -138,9 +138,22 @@ class GraphQA(PaperzooModule):
         preds, target, group = self.test_global.synced_arrays()  # every process takes part in the sync
         self.per_target = {int(g): group_scores(preds[group == g], target[group == g], self.hparams.k)
                            for g in sorted(set(group.tolist()))}
+        self._print_per_target()
         self._funnel_plot(preds, target, group)
         self.test_global.reset()
         self.test_local.reset()
+
+    def _print_per_target(self) -> None:
+        """A per-target table of the global metrics (rank zero), beside Lightning's aggregated one."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        names = getattr(getattr(self.trainer, "datamodule", None), "target_names", {}) or {}
+        k = self.hparams.k
+        lines = [f"{'target':24} {'decoys':>6} {'R':>7} {'RMSE':>7} {'FRL':>7} {f'NDCG@{k}':>7}"]
+        for g, s in self.per_target.items():
+            lines.append(f"{str(names.get(g, g)):24} {int(s['n']):6d} {s['r']:7.3f} {s['rmse']:7.3f} "
+                         f"{s['first_rank_loss']:7.3f} {s[f'ndcg@{k}']:7.3f}")
+        rank_zero_info("GraphQA per-target GDT_TS metrics:\n" + "\n".join(lines))
 
     def _funnel_plot(self, preds, target, group) -> None:
         if self.trainer.global_rank != 0:
