@@ -248,11 +248,11 @@ def train_reaction_classifier(
     """Train ``model`` (in place) on 0-based class ``labels``; returns its final training accuracy."""
     data = []
     for p, r, y in zip(products, reactants, labels):
+        if max_examples is not None and len(data) >= max_examples:
+            break  # featurise only what is used (featurisation is the slow part on 40k reactions)
         gp, gr = mol_graph(p), mol_graph(r)
         if gp is not None and gr is not None:
             data.append((gp, gr, int(y)))
-    if max_examples is not None:
-        data = data[:max_examples]
     if not data:
         raise ValueError("no valid reactions to train the reaction-class classifier on")
     gen = torch.Generator().manual_seed(seed)
