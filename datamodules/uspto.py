@@ -225,6 +225,58 @@ def random_disconnections(smiles: str, max_examples: int = 10, seed: int = 0) ->
     return out
 
 
+def extract_template(mapped: str, rid: str = "") -> str | None:
+    """Retro template (rdchiral's ``product>>reactants`` SMARTS) of an atom-mapped reaction; ``None`` if none."""
+    try:
+        from rdchiral.template_extractor import extract_from_reaction
+    except ImportError as err:  # pragma: no cover - rdchiral is a declared dependency
+        raise ImportError("template options need rdchiral: pip install rdchiral") from err
+    reac, _, prod = mapped.split(">")
+    try:
+        out = extract_from_reaction({"reactants": reac, "products": prod, "_id": rid})
+    except Exception:  # noqa: BLE001 - rdchiral raises several types on odd reactions; counted by the caller
+        return None
+    return out.get("reaction_smarts") if isinstance(out, dict) else None
+
+
+def apply_templates(product: str, templates: Sequence[str], max_examples: int = 10, seed: int = 0,
+                    max_tries: int = 50) -> list[str]:
+    """Template pre-training targets: canonical reactant sets from applying (randomly ordered) retro templates
+    to ``product`` with rdchiral; up to ``max_examples`` distinct ones, at most ``max_tries`` templates tried."""
+    from rdchiral.main import rdchiralReactants, rdchiralReaction, rdchiralRun
+
+    try:
+        reactants = rdchiralReactants(product)
+    except Exception:  # noqa: BLE001
+        return []
+    gen = torch.Generator().manual_seed(seed)
+    out: list[str] = []
+    for i in torch.randperm(len(templates), generator=gen)[:max_tries].tolist():
+        try:
+            outcomes = rdchiralRun(_rdchiral_reaction(templates[i]), reactants)
+        except Exception:  # noqa: BLE001 - a template rdchiral cannot run is skipped
+            continue
+        for o in outcomes:
+            c = canonical_set(o)
+            if c is not None and c not in out and c != product:
+                out.append(c)
+                break
+        if len(out) >= max_examples:
+            break
+    return out
+
+
+_RDCHIRAL_CACHE: dict[str, object] = {}
+
+
+def _rdchiral_reaction(template: str):
+    from rdchiral.main import rdchiralReaction
+
+    if template not in _RDCHIRAL_CACHE:
+        _RDCHIRAL_CACHE[template] = rdchiralReaction(template)
+    return _RDCHIRAL_CACHE[template]
+
+
 class Seq2SeqDataset(Dataset):
     """(source tokens, target tokens, class, target SMILES) examples; encoded at batch time."""
 
@@ -304,7 +356,14 @@ class USPTODataModule(LightningDataModule):
         augment: "Aug" of the paper: extra training copies per example with a random non-canonical
             product SMILES (fixed at setup, reproducible from ``seed``).
         pretrain: ``random``: replace the training targets by random disconnections of the training
-            products (up to ``pretrain_examples`` each; the paper's Pre-train (R)).
+            products (up to ``pretrain_examples`` each; the paper's Pre-train (R)); ``template``: by the
+            outcomes of the training split's templates applied to the training products (Pre-train (T); needs
+            atom-mapped training reactions and rdchiral).
+        split: ``given`` (the files' split) or ``template``: all reactions regrouped so that no validation/test
+            reaction has a template that occurs in training (the paper's template split; 80/10/10 of the
+            templates' reactions, ``seed``). Needs atom maps everywhere.
+        rare_templates: keep only test reactions whose template occurs at most this many times in training
+            (the rare-template subset). Needs atom maps everywhere.
         max_tokens: token budget of a training batch (padded ``batch * max(len(src), len(tgt)+1)``).
         eval_batch_size: products per validation/test batch (beam search memory grows with it).
         train_subset, eval_subset: keep only the first N reactions (quick runs).
@@ -320,8 +379,10 @@ class USPTODataModule(LightningDataModule):
         val_file: str = "raw_val.csv",
         test_file: str = "raw_test.csv",
         augment: int = 0,
-        pretrain: Literal["none", "random"] = "none",
+        pretrain: Literal["none", "random", "template"] = "none",
         pretrain_examples: int = 10,
+        split: Literal["given", "template"] = "given",
+        rare_templates: int | None = None,
         max_tokens: int = 4096,
         max_batch: int | None = None,
         eval_batch_size: int = 64,
@@ -352,6 +413,8 @@ class USPTODataModule(LightningDataModule):
 
     def reactions(self, split: str) -> list[Reaction]:
         """Canonical reactions of a split (``train``/``val``/``test``), invalid lines skipped and counted."""
+        if split not in self.splits and (self.hparams.split == "template" or self.hparams.rare_templates is not None):
+            self._template_splits()
         if split not in self.splits:
             path = self._path(split)
             reactions, skipped = read_reactions(path)
@@ -363,6 +426,64 @@ class USPTODataModule(LightningDataModule):
             log.info("USPTO %s: %d reactions from %s, %d invalid lines skipped", split, len(reactions), path, skipped)
         return self.splits[split]
 
+    def templates(self) -> dict[str, str | None]:
+        """Retro template of every reaction (by id + reaction string), extracted once from the atom maps."""
+        if not hasattr(self, "_templates"):
+            self._templates: dict[str, str | None] = {}
+        return self._templates
+
+    def _read_mapped(self, split: str) -> list[Reaction]:
+        path = self._path(split)
+        reactions, skipped = read_reactions(path)
+        self.skipped[split] = skipped
+        unmapped = sum(r.mapped is None for r in reactions)
+        if unmapped:
+            raise ValueError(
+                f"{path}: {unmapped} of {len(reactions)} reactions have no atom maps; the template split, the "
+                "rare-template subset and template pre-training need atom-mapped reactions (map the training file "
+                "first, e.g. with rxnmapper, and pass it as --data.init_args.train_file)")
+        return reactions
+
+    def _template_of(self, r: Reaction) -> str | None:
+        cache = self.templates()
+        key = f"{r.id}|{r.mapped}"
+        if key not in cache:
+            cache[key] = extract_template(r.mapped, r.id)
+        return cache[key]
+
+    def _template_splits(self) -> None:
+        given = {s: self._read_mapped(s) for s in ("train", "val", "test")}
+        if self.hparams.split == "template":
+            every = given["train"] + given["val"] + given["test"]
+            groups: dict[str, list[Reaction]] = {}
+            no_template = 0
+            for r in every:
+                t = self._template_of(r)
+                if t is None:
+                    no_template += 1
+                    t = f"<none:{r.id}>"  # its own group
+                groups.setdefault(t, []).append(r)
+            keys = sorted(groups)
+            order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+            out = {"train": [], "val": [], "test": []}
+            n = len(every)
+            for i in order:
+                target = "train" if len(out["train"]) < 0.8 * n else "val" if len(out["val"]) < 0.1 * n else "test"
+                out[target] += groups[keys[i]]
+            log.info("USPTO template split: %d templates, %d/%d/%d reactions (%d without a template)", len(keys),
+                     *(len(out[s]) for s in ("train", "val", "test")), no_template)
+        else:
+            out = given
+        if self.hparams.rare_templates is not None:
+            counts = Counter(self._template_of(r) for r in out["train"])
+            before = len(out["test"])
+            out["test"] = [r for r in out["test"] if counts.get(self._template_of(r), 0) <= self.hparams.rare_templates]
+            log.info("USPTO rare-template subset: %d of %d test reactions (template seen <= %d times in training)",
+                     len(out["test"]), before, self.hparams.rare_templates)
+        for split, reactions in out.items():
+            subset = self.hparams.train_subset if split == "train" else self.hparams.eval_subset
+            self.splits[split] = reactions[:subset] if subset is not None else reactions
+
     def _examples(self, split: str) -> Seq2SeqDataset:
         reactions = self.reactions(split)
         seed = self.hparams.seed
@@ -371,6 +492,14 @@ class USPTODataModule(LightningDataModule):
             for i, r in enumerate(reactions):
                 for t in random_disconnections(r.product, self.hparams.pretrain_examples, seed + i):
                     pairs.append((r.product, t, r.cls, r.product))
+        elif split == "train" and self.hparams.pretrain == "template":
+            if any(r.mapped is None for r in reactions):
+                self._read_mapped("train")  # raises the clear error
+            templates = sorted({t for t in (self._template_of(r) for r in reactions) if t})
+            for i, r in enumerate(reactions):
+                for t in apply_templates(r.product, templates, self.hparams.pretrain_examples, seed + i):
+                    pairs.append((r.product, t, r.cls, r.product))
+            log.info("USPTO template pre-training: %d examples from %d templates", len(pairs), len(templates))
         else:
             pairs = [(r.product, r.reactants, r.cls, r.product) for r in reactions]
         if split == "train" and self.hparams.augment:

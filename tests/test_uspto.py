@@ -185,3 +185,37 @@ def test_real_uspto_full_sizes(shared_data: Path) -> None:
     sizes = {s: len(dm.reactions(s)) + dm.skip_counts()[s] for s in ("train", "val", "test")}
     assert sizes == {"train": 40008, "val": 5001, "test": 5007}
     assert sum(dm.skip_counts()[s] for s in ("train", "val", "test")) == 0
+
+
+def test_template_split_rare_subset_and_template_pretraining(tmp_path: Path) -> None:
+    folder = str(uspto_sample() / "uspto_50k")
+    dm = USPTODataModule(data_dir=folder, split="template", augment=0)
+    sizes = {s: len(dm.reactions(s)) for s in ("train", "val", "test")}
+    total = sum(1 for s in ("train", "val", "test") for _ in read_reactions(Path(folder) / f"raw_{s}.csv")[0])
+    assert sum(sizes.values()) == total and sizes["train"] >= 0.75 * total and sizes["test"] > 0
+    train_templates = {dm._template_of(r) for r in dm.reactions("train")}
+    # the paper's template split: no test reaction can be solved by a training template
+    assert not any(dm._template_of(r) in train_templates for r in dm.reactions("test") + dm.reactions("val"))
+    rare = USPTODataModule(data_dir=folder, rare_templates=1)
+    counts = {}
+    for r in rare.reactions("train"):
+        counts[rare._template_of(r)] = counts.get(rare._template_of(r), 0) + 1
+    kept = rare.reactions("test")
+    assert 0 < len(kept) < len(read_reactions(Path(folder) / "raw_test.csv")[0])
+    assert all(counts.get(rare._template_of(r), 0) <= 1 for r in kept)
+    pre = USPTODataModule(data_dir=folder, pretrain="template", train_subset=30, pretrain_examples=3)
+    pre.setup("fit")
+    ds = pre.datasets["train"]
+    assert len(ds) > 30  # several template outcomes per product
+    assert all(canonical_set("".join(t)) is not None for t in ds.targets)
+
+
+def test_template_options_need_atom_maps(tmp_path: Path) -> None:
+    folder = tmp_path / "uspto_50k"
+    folder.mkdir()
+    header = "id,class,reactants>reagents>production\n"
+    (folder / "raw_train.csv").write_text(header + "R1,2,CC(=O)O.NC>>CNC(C)=O\n")  # unmapped
+    for split in ("val", "test"):
+        (folder / f"raw_{split}.csv").write_text(header + "R2,2,CC(=O)O.NC>>CNC(C)=O\n")
+    with pytest.raises(ValueError, match="atom maps"):
+        USPTODataModule(data_dir=str(folder), split="template").reactions("train")
