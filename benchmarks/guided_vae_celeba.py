@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument("--inhibition-weight", type=float, default=50.0)
     parser.add_argument("--excitation-weight", type=float, default=50.0)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="MLP widths (arch mlp)")
+    parser.add_argument("--adversary-steps", type=int, default=5, help="C_t updates per batch")
+    parser.add_argument("--adversary-lr", type=float, default=2e-3)
     parser.add_argument("--no-control", action="store_true", help="skip the plain-VAE control")
     parser.add_argument("--disentanglement", type=float, default=0.0,
                         help="also score MIG/SAP/DCI on the sample's known factors at this fraction of "
@@ -99,12 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         model = SupervisedGuidedVAE(
             in_channels=3, image_size=args.image_size, latent_dim=args.latent_dim, guide_attributes=ATTRIBUTES,
             arch=args.arch, arch_kwargs=arch_kwargs, excitation_weight=exc, inhibition_weight=inh,
-            inhibition=inhibition,
-            optimizer=lambda p: torch.optim.Adam(p, lr=args.lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+            inhibition=inhibition, adversary_steps=args.adversary_steps,
+            optimizer=lambda p: torch.optim.Adam(p, lr=args.lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=args.adversary_lr),
         )
         model.resolve_attributes(ATTRIBUTES)
         trainer = Trainer(
-            accelerator="cpu", max_steps=2 * args.max_steps,  # manual optimisation: two optimizer steps per batch
+            accelerator="cpu", max_steps=(1 + args.adversary_steps) * args.max_steps,  # every optimizer.step() counts
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             limit_val_batches=0, num_sanity_val_steps=0,
         )

@@ -274,6 +274,8 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         inhibition: ``maximize`` (the paper: the encoder maximises the adversary's cross-entropy) or
             ``confuse`` (the encoder drives the adversary's prediction to 1/2; a bounded variant).
         adversary_hidden: width of the ``C_t`` MLPs.
+        adversary_steps: updates of the ``C_t`` per batch (on the same detached codes) before the VAE's
+            update: the inhibition needs an adversary close to "the best possible classifier".
         optimizer: for the encoder and decoder; adversary_optimizer: for the ``C_t``.
         Others as :class:`GuidedVAE`.
     """
@@ -293,6 +295,7 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         inhibition_weight: float = 1.0,
         inhibition: Literal["maximize", "confuse"] = "maximize",
         adversary_hidden: int = 32,
+        adversary_steps: int = 1,
         likelihood: Likelihood = "bernoulli",
         traversal_limit: float = 3.0,
         traversal_steps: int = 9,
@@ -304,6 +307,8 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         self.save_hyperparameters(ignore=["optimizer", "adversary_optimizer"])
         if not 1 <= len(guide_attributes) < latent_dim:
             raise ValueError(f"need 1 <= number of attributes < latent_dim={latent_dim}, got {len(guide_attributes)}")
+        if adversary_steps < 1:
+            raise ValueError(f"adversary_steps must be >= 1, got {adversary_steps}")
         if inhibition not in ("maximize", "confuse"):
             raise ValueError(f"inhibition must be 'maximize' or 'confuse', got {inhibition!r}")
         self.automatic_optimization = False
@@ -422,7 +427,8 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         """Alternating updates on one forward pass: the adversaries on detached codes, then the VAE."""
         x, y = batch[0], self.targets(batch[1])
         encoded = self._encode(x, sample=True)
-        adversary = self.adversary_step(encoded[2], y)
+        for _ in range(self.hparams.adversary_steps):
+            adversary = self.adversary_step(encoded[2], y)
         terms = self.vae_step(x, y, encoded)
         terms["adversary"] = adversary
         self._log_terms("train", terms, x.shape[0])

@@ -202,7 +202,7 @@ def test_supervised_cli_fit_logs_game_terms_accuracies_and_traversals(
               "--trainer.log_every_n_steps=1"]
     cli = run_cli(["fit", *common, "--trainer.max_epochs=1"])
     assert cli.model.attribute_columns.tolist() == [31, 20, 8]  # names resolved against the data module
-    assert cli.trainer.global_step == 6  # manual optimisation: the adversaries' and the VAE's step per batch
+    assert cli.trainer.global_step == 18  # manual optimisation: 5 adversary steps and 1 VAE step per batch
     (log_dir,) = version_dirs(tmp_path, "guided_vae_celeba")
     tags = scalars(log_dir)
     assert {"train/loss", "train/excitation", "train/inhibition", "train/adversary", "val/excitation_err",
@@ -212,4 +212,4 @@ def test_supervised_cli_fit_logs_game_terms_accuracies_and_traversals(
         log_dir, "images")
     ckpt = tmp_path / "guided_vae_celeba" / "checkpoints" / "last.ckpt"
     cli = run_cli(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path", str(ckpt)])
-    assert cli.trainer.global_step == 12
+    assert cli.trainer.global_step == 36
