@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ def _import_all(*packages) -> None:
 
 
 _import_all(lightning_modules, datamodules, callbacks)
+
+# runs/<experiment>/checkpoints is shared by every version of an experiment on purpose (--ckpt_path last)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 RUNS_DIR = "runs"
 
