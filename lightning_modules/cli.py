@@ -52,9 +52,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 def _experiment_name(cfg: Namespace) -> str:
     """The config file's stem (``classifier_mnist``), else the model class name in lower case."""
     configs = cfg.get("config") or []
-    for path in reversed(configs):
-        path = getattr(path, "relative", None) or getattr(path, "abs_path", None) or str(path)
-        return Path(str(path)).stem
+    if configs:
+        return Path(str(configs[-1])).stem  # the last --config given wins, as its values do
     class_path = cfg.get("model.class_path") or "model"
     return class_path.rsplit(".", 1)[-1].lower()
 
