@@ -19,6 +19,14 @@ long in {0, 1} (or the columns named in ``attributes``), names in :attr:`CelebAD
 
 The offline sample (``python -m datamodules.samples celeba --root DIR``) writes procedurally drawn faces
 with known attributes in exactly this layout (see :mod:`datamodules.samples.celeba`).
+
+Ground-truth factors (opt-in, ``factor_sampler=true`` or ``"auto"``): only the procedural sample has them.
+:meth:`CelebADataModule.setup` then checks that the data are the sample (every attribute row is the image
+of the 10 sample factors, and the first image is the face those factors render) and exposes
+``datamodule.factor_sampler`` (a :class:`SampleFactorSampler`: ``factor_sizes``, ``sample_factors(n, rng)``,
+``sample_observations_from_factors(factors, rng)``, the interface the disentanglement-metrics callback
+uses). On real CelebA (factors unknown) ``true`` is a clear error and ``"auto"`` logs a warning and leaves
+``factor_sampler`` None (the metrics callback then skips, counted).
 """
 
 from __future__ import annotations
@@ -198,6 +206,89 @@ class CelebADataset(Dataset):
         return image, self.labels[index]
 
 
+def sample_factors_from_attributes(attrs: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+    """The procedural sample's factor indices of every row of ``attrs`` (official columns, +-1), or (None, why not).
+
+    A row is a sample row when its 40 attributes are exactly ``factors_to_attributes`` of the factors read
+    back from it (one hair colour set, ``No_Beard`` set, every other non-factor column -1).
+    """
+    from datamodules.samples import celeba as sample
+
+    missing = [a for a in ATTRIBUTES if a not in attrs.columns]
+    if missing:
+        return None, f"attribute columns {missing[:3]} are missing"
+    values = attrs[list(ATTRIBUTES)].to_numpy()
+    factors = np.zeros((len(values), len(sample.FACTOR_NAMES)), dtype=np.int64)
+    for j, name in enumerate(sample.FACTOR_NAMES):
+        if name == "hair_colour":
+            hair = np.stack([values[:, ATTRIBUTES.index(c)] == 1 for c in sample.FACTORS[name]], axis=1)
+            bad = int((hair.sum(1) != 1).sum())
+            if bad:
+                return None, f"{bad} rows do not have exactly one of {', '.join(sample.FACTORS[name])}"
+            factors[:, j] = hair.argmax(1)
+        else:
+            factors[:, j] = values[:, ATTRIBUTES.index(name)] == 1
+    mismatch = int((sample.factors_to_attributes(factors) != values).any(axis=1).sum())
+    if mismatch:
+        return None, f"{mismatch} of {len(values)} attribute rows vary in columns the sample holds constant"
+    return factors, ""
+
+
+def _render_error(factors: np.ndarray, image: np.ndarray) -> float:
+    from datamodules.samples.celeba import render_face
+
+    drawn = np.asarray(render_face(factors), dtype=np.float32)
+    return float(np.abs(drawn - image).mean()) if drawn.shape == image.shape else float("inf")
+
+
+def _nearest_neighbour_error(factors: np.ndarray, image: np.ndarray) -> float:
+    from datamodules.samples.celeba import FACTOR_SIZES
+
+    errors = []
+    for j, size in enumerate(FACTOR_SIZES):
+        for value in range(size):
+            if value != factors[j]:
+                other = factors.copy()
+                other[j] = value
+                errors.append(_render_error(other, image))
+    return min(errors)
+
+
+class SampleFactorSampler:
+    """Ground-truth factors of the procedural CelebA sample, in the metrics callback's interface.
+
+    Factors: :data:`datamodules.samples.celeba.FACTORS` (9 binary attributes and a 4-way hair colour,
+    independent and uniform). Observations are rendered (:func:`datamodules.samples.celeba.render_face`,
+    JPEG round trip like the files on disk) and transformed exactly as the DataModule's images.
+    """
+
+    def __init__(self, image_size: int = 64, crop_size: int | None = 148, scale: Scale = "unit", jpeg: bool = True) -> None:
+        from datamodules.samples import celeba as sample
+
+        self.renderer = sample.FaceFactorSampler(image_size=image_size, crop_size=crop_size, scale=scale, jpeg=jpeg)
+        self.factor_names: tuple[str, ...] = sample.FACTOR_NAMES
+        self.factor_sizes: tuple[int, ...] = sample.FACTOR_SIZES
+        self.rendered = 0
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factor_sizes)
+
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``(n, 10)`` factor value indices, each factor uniform and independent (as the sample was drawn)."""
+        from datamodules.samples.celeba import sample_factors
+
+        return sample_factors(n, rng)
+
+    def sample_observations_from_factors(self, factors: np.ndarray, rng: np.random.Generator | None = None) -> Tensor:
+        """Images ``(n, 3, S, S)`` of the faces with these factors (deterministic: ``rng`` is unused)."""
+        factors = np.atleast_2d(np.asarray(factors, dtype=np.int64))
+        if factors.shape[1] != len(self.factor_sizes) or (factors < 0).any() or (factors >= np.asarray(self.factor_sizes)).any():
+            raise ValueError(f"factors must be (n, {len(self.factor_sizes)}) indices below {self.factor_sizes}")
+        self.rendered += len(factors)
+        return self.renderer.render(factors)
+
+
 class CelebADataModule(LightningDataModule):
     """CelebA from ``data_dir`` (default ``$PAPERZOO_DATA/celeba``, which holds ``celeba/``).
 
@@ -215,6 +306,9 @@ class CelebADataModule(LightningDataModule):
         max_images: use at most this many present images per split (the first in file order).
         cache: keep decoded, transformed images in memory after first use (small sets).
         val_fraction, test_fraction, split_seed: for ``split="random"``.
+        factor_sampler: expose the ground-truth :class:`SampleFactorSampler` as ``self.factor_sampler``
+            (for disentanglement metrics). Only the procedural sample has known factors: ``true`` raises
+            on other data (real CelebA), ``"auto"`` logs a warning there and leaves it None; ``false``: None.
     """
 
     folder = "celeba"
@@ -236,6 +330,7 @@ class CelebADataModule(LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 42,
+        factor_sampler: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -248,6 +343,10 @@ class CelebADataModule(LightningDataModule):
         self.datasets: dict[str, CelebADataset] = {}
         self.skipped: int = 0
         """Rows of ``list_attr_celeba.txt`` whose image is absent (counted in :meth:`setup`)."""
+        if factor_sampler not in (True, False, "auto"):
+            raise ValueError(f"factor_sampler must be true, false or 'auto', got {factor_sampler!r}")
+        self.factor_sampler: SampleFactorSampler | None = None
+        """Ground-truth factor sampler (set in :meth:`setup` when asked for and the data are the sample)."""
 
     @property
     def base_folder(self) -> Path:
@@ -297,6 +396,8 @@ class CelebADataModule(LightningDataModule):
                 self.skipped, len(attrs), ATTR_FILE, IMAGE_FOLDER, int(present.sum()),
             )
         attrs = attrs[present]
+        if hp.factor_sampler:
+            self.factor_sampler = self._make_factor_sampler(folder, attrs)
         if hp.split == "official":
             if not (folder / PARTITION_FILE).is_file():
                 raise FileNotFoundError(f"{folder / PARTITION_FILE} is missing; pass split=random to split the images yourself")
@@ -320,6 +421,33 @@ class CelebADataModule(LightningDataModule):
             "CelebA: %s train / %s val / %s test images from %s",
             *(len(self.datasets[s]) for s in SPLITS), folder,
         )
+
+    def _make_factor_sampler(self, folder: Path, attrs: pd.DataFrame) -> SampleFactorSampler | None:
+        """The sample's factor sampler after checking that ``folder`` holds the procedural sample."""
+        hp = self.hparams
+        factors, why = sample_factors_from_attributes(attrs)
+        if factors is not None:
+            # the attributes fit; the first images must also be the faces their factors draw: each is closer to
+            # its own rendering than to that of any face differing in one factor (JPEG noise is not enough)
+            for i in range(min(3, len(factors))):
+                on_disk = load_image(folder / IMAGE_FOLDER / attrs.index[i]).numpy().astype(np.float32)
+                own, nearest = _render_error(factors[i], on_disk), _nearest_neighbour_error(factors[i], on_disk)
+                if not own <= nearest:
+                    factors, why = None, (f"{attrs.index[i]} is not the face its attributes render (mean abs error "
+                                          f"{own:.1f}/255, a face with one factor changed: {nearest:.1f})")
+                    break
+        if factors is None:
+            message = (
+                f"CelebA: factor_sampler needs the procedural sample (python -m datamodules.samples celeba --root DIR), "
+                f"whose images are functions of known factors; {folder} is not it: {why}. Real CelebA has no "
+                "ground-truth factors: set factor_sampler=false (or 'auto' to skip the metrics there)"
+            )
+            if hp.factor_sampler == "auto":
+                log.warning("%s; factor_sampler='auto': continuing without one", message)
+                return None
+            raise ValueError(message)
+        log.info("CelebA: ground-truth factor sampler of the procedural sample (%d faces checked)", len(factors))
+        return SampleFactorSampler(hp.image_size, hp.crop_size, hp.scale)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

@@ -119,3 +119,59 @@ def test_real_partial_celeba(shared_data: Path) -> None:
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [420, 90, 90]
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 3, 64, 64) and y.shape == (16, 40)
+
+
+def test_factor_sampler_of_the_sample_matches_its_images(celeba_root: Path) -> None:
+    assert CelebADataModule(data_dir=str(celeba_root / "celeba")).factor_sampler is None  # opt-in
+    dm = CelebADataModule(data_dir=str(celeba_root / "celeba"), image_size=32, factor_sampler=True)
+    dm.setup("fit")
+    gt = dm.factor_sampler
+    assert gt is not None and tuple(gt.factor_sizes) == sample.FACTOR_SIZES
+    f = gt.sample_factors(500, np.random.default_rng(0))
+    assert f.shape == (500, 10) and (f.min(0) == 0).all() and (f.max(0) == np.asarray(sample.FACTOR_SIZES) - 1).all()
+    # the rendered observation of an image's factors is that image (same JPEG, same transform)
+    x, _ = dm.datasets["train"][0]
+    attrs = read_attributes(celeba_root / "celeba" / "celeba" / "list_attr_celeba.txt")
+    first = sample.sample_factors(60, np.random.default_rng(0))[attrs.index.get_loc(dm.datasets["train"].files[0])]
+    rendered = gt.sample_observations_from_factors(first[None], np.random.default_rng(1))
+    assert rendered.shape == (1, 3, 32, 32)
+    assert float((rendered[0] - x).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="indices below"):
+        gt.sample_observations_from_factors(np.full((1, 10), 5))
+
+
+def test_factor_sampler_refuses_data_that_is_not_the_sample(celeba_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "celeba" / "celeba"
+    shutil.copytree(celeba_root / "celeba" / "celeba", folder)
+    path = folder / "list_attr_celeba.txt"
+    lines = path.read_bytes().split(b"\r\n")
+    row = lines[5].split()
+    row[1 + ATTRIBUTES.index("Attractive")] = b"1"  # a column the sample keeps constant
+    lines[5] = b" ".join(row)
+    path.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(ValueError, match="procedural sample.*1 of 60 attribute rows"):
+        CelebADataModule(data_dir=str(tmp_path / "celeba"), factor_sampler=True).setup("fit")
+    auto = CelebADataModule(data_dir=str(tmp_path / "celeba"), factor_sampler="auto")
+    with caplog.at_level(logging.WARNING):
+        auto.setup("fit")
+    assert auto.factor_sampler is None and "continuing without one" in caplog.text
+    assert len(auto.datasets["train"]) == 48  # the data themselves still load
+    # attributes fit but the image is not the face they draw
+    shutil.copytree(celeba_root / "celeba" / "celeba", tmp_path / "b" / "celeba", dirs_exist_ok=True)
+    images = tmp_path / "b" / "celeba" / "img_align_celeba"
+    shutil.copy(images / "000002.jpg", images / "000001.jpg")
+    factors = sample.sample_factors(60, np.random.default_rng(0))
+    if (factors[0] != factors[1]).any():
+        with pytest.raises(ValueError, match="is not the face its attributes render"):
+            CelebADataModule(data_dir=str(tmp_path / "b"), factor_sampler=True).setup("fit")
+    with pytest.raises(ValueError, match="true, false or 'auto'"):
+        CelebADataModule(factor_sampler="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.realdata
+def test_real_celeba_has_no_factor_sampler(shared_data: Path) -> None:
+    with pytest.raises(ValueError, match="Real CelebA has no ground-truth factors"):
+        CelebADataModule(data_dir=str(shared_data / "celeba"), factor_sampler=True).setup("fit")
+    dm = CelebADataModule(data_dir=str(shared_data / "celeba"), factor_sampler="auto")
+    dm.setup("fit")
+    assert dm.factor_sampler is None and len(dm.datasets["train"]) == 420

@@ -138,11 +138,45 @@ def test_metrics_callback_logs_every_n_epochs_and_resumes(dsprites_root: Path, t
 def test_celeba_configs_run_on_real_faces(config: str, shared_data: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PAPERZOO_DATA", str(shared_data))
     cli = run_cli(["fit", "--config", str(CONFIGS / config), *QUIET, *out_args(tmp_path),
-                   "--trainer.fast_dev_run=1", "--data.batch_size=4", "--data.cache=false"])
-    assert cli.model.encoder.in_channels == 3
+                   "--trainer.fast_dev_run=1", "--data.batch_size=4", "--data.cache=false", *_EVERY_EPOCH])
+    assert cli.model.encoder.in_channels == 3 and sum(map(len, cli.datamodule.datasets.values())) == 600  # the real faces
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     grids = cli.model.image_grids()
     assert grids["recon"][0].shape == (2 * 3, 3, 64, 64) and grids["traversal/0"][0].shape == (10 * 9, 3, 64, 64)
+    # real faces have no ground-truth factors: 'auto' leaves none and the metrics callback skips, counted
+    assert cli.datamodule.factor_sampler is None
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, DisentanglementMetrics) and c.scale == 0.01)
+    assert cb.skipped == 1 and cb.evaluations == 0
+    assert not any(k.startswith("val/disent/") for k in cli.trainer.callback_metrics)
+
+
+_EVERY_EPOCH = ["--trainer.callbacks+=DisentanglementMetrics", "--trainer.callbacks.every_n_epochs=1",
+                "--trainer.callbacks.scale=0.01", "--trainer.callbacks.metrics=[mig,factor_vae,dci,sap,irs,beta_vae]"]
+
+
+@pytest.fixture(scope="module")
+def celeba_sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from datamodules.samples import celeba as faces
+
+    root = tmp_path_factory.mktemp("celeba_sample")
+    faces.build(root, seed=0, num_images=80)
+    return root
+
+
+@pytest.mark.parametrize("config", ["betatcvae_celeba.yaml", pytest.param("factorvae_celeba.yaml", marks=pytest.mark.slow)])
+def test_celeba_configs_log_disentanglement_on_the_sample(config: str, celeba_sample_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PAPERZOO_DATA", str(celeba_sample_root))
+    cli = run_cli(["fit", "--config", str(CONFIGS / config), *QUIET, *out_args(tmp_path), "--data.batch_size=8",
+                   "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", *_EVERY_EPOCH])
+    sampler = cli.datamodule.factor_sampler
+    assert sampler is not None and tuple(sampler.factor_sizes) == (2,) * 9 + (4,)
+    cb = next(c for c in cli.trainer.callbacks if isinstance(c, DisentanglementMetrics) and c.scale == 0.01)
+    assert cb.evaluations == 1 and cb.skipped == 0
+    logged = scalars(version_dirs(tmp_path, Path(config).stem)[-1])
+    for key in ("mig", "factor_vae", "beta_vae", "dci_disentanglement", "sap", "irs"):
+        assert f"val/disent/{key}" in logged, key
+        assert 0.0 <= logged[f"val/disent/{key}"][-1][1] <= 1.0
+    assert 1 <= sampler.rendered <= 2 ** 9 * 4  # codes cached per factor combination: at most the grid
 
 
 def test_schedulers_step_in_manual_and_automatic_mode(dsprites_root: Path) -> None:
