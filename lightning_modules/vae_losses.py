@@ -15,7 +15,7 @@ beta-TCVAE      ``[BetaTCTerm(alpha=1, beta=6, gamma=1)]`` (minibatch weighted s
 FactorVAE       ``[KLTerm(beta=1), FactorVAETerm(gamma=35)]`` (discriminator, own optimizer)
 DIP-VAE-I/II    ``[KLTerm(beta=1), DIPTerm(kind="i"|"ii", lambda_od=10, lambda_d=100|10)]``
 InfoVAE         ``[KLTerm(beta=1 - alpha), MMDTerm(weight=alpha + lambda - 1)]``
-IFCVAE          ``[KLTerm(beta=1), IFCVAETerm(attr_factors=[0], attr_classes=[3])]`` (known attributes)
+IFCVAE          ``[KLTerm(beta=1), IFCVAETerm(attr_factors=[0, 1], attr_classes=[3, 6], aux_weight=100)]`` (known attributes)
 ==============  =================================================================
 
 All per-sample quantities are summed over latent dimensions / pixels and averaged over the batch.
@@ -293,11 +293,15 @@ class MMDTerm(LossTerm):
 class IFCVAETerm(LossTerm):
     """Information factorisation (after Creswell et al., 2017, as in Disentanglement-PyTorch's IFCVAE).
 
-    The first ``num_attr_latents`` latents are forced to encode known attributes (label columns
-    ``attr_factors`` with ``attr_classes`` classes): a positive *auxiliary* linear classifier on them is
-    trained with the VAE (``aux_weight * CE``). The other latents are cleared of the attributes by a
-    negative *adversarial* discriminator (an MLP with its own Adam optimizer) that predicts the attributes
-    from them; the VAE minimises ``adv_weight * CE(adversary, uniform)`` (the adversary's confusion).
+    The first ``num_attr_latents`` latents (default ``sum(attr_classes)``: one per class, like the reference's
+    label code of ``total_num_classes`` units) are forced to encode known attributes (label columns
+    ``attr_factors`` with ``attr_classes`` classes): a positive *auxiliary* classifier on them (linear, or an
+    MLP with ``aux_hidden`` units) is trained with the VAE (``aux_weight * CE``). The other latents are
+    cleared of the attributes by a negative *adversarial* discriminator (an MLP with its own Adam optimizer)
+    that predicts the attributes from them; the VAE minimises ``adv_weight * CE(adversary, uniform)`` (the
+    adversary's confusion). Both classifiers read ``code``: the posterior means ``mu`` (default: the
+    representation that is scored and traversed; the reference's label encoder is deterministic too) or the
+    sample ``z``.
     """
 
     def __init__(
@@ -311,16 +315,23 @@ class IFCVAETerm(LossTerm):
         hidden: int = 256,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
+        code: Literal["mu", "z"] = "mu",
+        aux_hidden: int = 0,
     ) -> None:
         super().__init__()
         if len(attr_factors) != len(attr_classes) or not attr_factors:
             raise ValueError("attr_factors and attr_classes must be non-empty and of the same length")
+        if code not in ("mu", "z"):
+            raise ValueError(f"code must be 'mu' or 'z', got {code!r}")
         self.attr_factors, self.attr_classes = list(attr_factors), list(attr_classes)
-        self.k = num_attr_latents if num_attr_latents is not None else len(attr_factors)
+        self.k = num_attr_latents if num_attr_latents is not None else sum(attr_classes)
         if not 0 < self.k < latent_dim:
             raise ValueError(f"num_attr_latents must be in (0, latent_dim={latent_dim}), got {self.k}")
-        self.aux_weight, self.adv_weight, self.lr, self.betas = aux_weight, adv_weight, lr, tuple(betas)
-        self.auxiliary = nn.Linear(self.k, sum(attr_classes))
+        self.aux_weight, self.adv_weight, self.lr, self.betas, self.code = aux_weight, adv_weight, lr, tuple(betas), code
+        self.auxiliary = (
+            nn.Sequential(nn.Linear(self.k, aux_hidden), nn.LeakyReLU(0.2), nn.Linear(aux_hidden, sum(attr_classes)))
+            if aux_hidden else nn.Linear(self.k, sum(attr_classes))
+        )
         self.discriminator = nn.Sequential(
             nn.Linear(latent_dim - self.k, hidden), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, sum(attr_classes)),
@@ -337,12 +348,20 @@ class IFCVAETerm(LossTerm):
     def _split(self, logits: Tensor) -> list[Tensor]:
         return list(logits.split(self.attr_classes, dim=1))
 
+    def _code(self, out: VAEOutput) -> Tensor:
+        return out.mu if self.code == "mu" else out.z
+
+    def predict(self, code: Tensor) -> list[Tensor]:
+        """Auxiliary classifier: class logits of each attribute from a ``(N, latent_dim)`` code's forced latents."""
+        return self._split(self.auxiliary(code[:, : self.k]))
+
     def forward(self, out: VAEOutput) -> tuple[Tensor, dict[str, Tensor]]:
         targets = self._targets(out)
-        aux = self._split(self.auxiliary(out.z[:, : self.k]))
+        code = self._code(out)
+        aux = self.predict(code)
         aux_ce = sum(F.cross_entropy(a, t) for a, t in zip(aux, targets))
         aux_acc = torch.stack([(a.argmax(1) == t).float().mean() for a, t in zip(aux, targets)]).mean()
-        adv = self._split(self.discriminator(out.z[:, self.k :]))
+        adv = self._split(self.discriminator(code[:, self.k :]))
         confusion = sum(-F.log_softmax(a, dim=1).mean(1).mean() for a in adv)
         loss = self.aux_weight * aux_ce + self.adv_weight * confusion
         return loss, {"aux_ce": aux_ce, "aux_acc": aux_acc, "adv_confusion": confusion}
@@ -350,7 +369,7 @@ class IFCVAETerm(LossTerm):
     def discriminator_loss(self, out: VAEOutput) -> tuple[Tensor, Tensor]:
         """The adversary's cross-entropy predicting the attributes from the non-attribute latents."""
         targets = self._targets(out)
-        adv = self._split(self.discriminator(out.z[:, self.k :].detach()))
+        adv = self._split(self.discriminator(self._code(out)[:, self.k :].detach()))
         loss = sum(F.cross_entropy(a, t) for a, t in zip(adv, targets))
         acc = torch.stack([(a.argmax(1) == t).float().mean() for a, t in zip(adv, targets)]).mean()
         return loss, acc

@@ -146,7 +146,7 @@ def test_mmd_matches_double_loop_and_is_zero_for_identical_samples() -> None:
 def test_ifcvae_term_matches_direct_cross_entropies() -> None:
     from lightning_modules.vae_losses import IFCVAETerm
 
-    term = IFCVAETerm(attr_factors=[1], attr_classes=[3], latent_dim=3, aux_weight=2.0, adv_weight=5.0, hidden=8)
+    term = IFCVAETerm(attr_factors=[1], attr_classes=[3], latent_dim=3, num_attr_latents=1, aux_weight=2.0, adv_weight=5.0, hidden=8, code="z")
     out = _out(n=6, d=3)
     out.labels = torch.tensor([[9, 0], [9, 1], [9, 2], [9, 0], [9, 1], [9, 2]])
     y = out.labels[:, 1]
@@ -159,3 +159,13 @@ def test_ifcvae_term_matches_direct_cross_entropies() -> None:
     assert torch.allclose(d_loss, torch.nn.functional.cross_entropy(adv_logits, y), atol=1e-5)
     with pytest.raises(ValueError, match="labelled"):
         term(_out(n=6, d=3))
+    # default: both classifiers read the posterior means; one forced latent per class
+    term_mu = IFCVAETerm(attr_factors=[1], attr_classes=[3], latent_dim=5, hidden=8)
+    out = _out(n=6, d=5)
+    out.labels = torch.tensor([[9, 0], [9, 1], [9, 2], [9, 0], [9, 1], [9, 2]])
+    assert term_mu.k == 3 and term_mu.code == "mu"
+    aux_mu = torch.nn.functional.cross_entropy(term_mu.auxiliary(out.mu[:, :3]), out.labels[:, 1])
+    _, logs = term_mu(out)
+    assert torch.allclose(logs["aux_ce"], aux_mu, atol=1e-6)
+    with pytest.raises(ValueError, match="num_attr_latents"):
+        IFCVAETerm(attr_factors=[1], attr_classes=[6], latent_dim=6)
