@@ -57,8 +57,14 @@ BACKBONE = ("N", "CA", "C", "O")
 MAX_ASA = dict(zip(AMINO_ACIDS, (129, 274, 195, 193, 167, 225, 223, 104, 224, 197,
                                  201, 236, 224, 240, 159, 155, 172, 285, 263, 174)))  # fmt: skip
 SEPARATION_CLASSES = 7  # |i - j| in {1, 2, 3, 4, 5, 6-10, >10}
-NUM_DSSP_FEATURES = 8  # 3 secondary-structure classes (loop, helix, strand), RSA, sin/cos phi, sin/cos psi
-FEATURE_VERSION = 1
+# DSSP secondary structure. 8 states (GraphQA's: DSSP's G, H, I, T, E, B, S and coil, plus a class for a residue
+# without an assignment, as in GraphQA's preprocessing) from mdtraj's DSSP; 3 states (loop, helix, strand) from pydssp.
+DSSP8_CLASSES = "GHITEBS-"  # one-hot slots 1..8; slot 0 = no assignment (incomplete backbone)
+DSSP_STATES = (8, 3)
+# per residue: secondary-structure one-hot, RSA, sin/cos phi, sin/cos psi -> 9 + 5 = 14 (the paper's 14-d DSSP vector)
+# with 8 states; 3 + 5 = 8 with 3 states
+NUM_DSSP_FEATURES = {8: len(DSSP8_CLASSES) + 1 + 5, 3: 3 + 5}
+FEATURE_VERSION = 2
 
 
 class PDBReadError(ValueError):
@@ -227,22 +233,57 @@ def relative_accessibility(res: Residues, points: int = 100) -> np.ndarray:
     return np.clip(per_residue / max_asa, 0.0, 1.0)
 
 
-def dssp_features(res: Residues) -> np.ndarray:
-    """(R, 8): secondary structure one-hot (loop, helix, strand; pydssp's DSSP), RSA, sin/cos phi, sin/cos psi.
+def _dssp8(backbone: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """8-state DSSP (Kabsch & Sander; mdtraj's implementation) of complete backbones (R, 4, 3) N, CA, C, O in A.
 
-    Residues without a complete backbone get no secondary structure (all-zero one-hot); undefined
-    angles get sin = cos = 0.
+    A new chain is started wherever the peptide bond C(i)-N(i+1) is longer than 2.5 A (missing residues),
+    as DSSP does at chain breaks. Returns class indices into :data:`DSSP8_CLASSES`.
     """
-    import pydssp
+    try:
+        import mdtraj
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("8-state DSSP needs mdtraj (pip install mdtraj); or use dssp_states=3 (pydssp)") from err
+    top = mdtraj.Topology()
+    chain = top.add_chain()
+    elements = [mdtraj.element.get_by_symbol(e) for e in ("N", "C", "C", "O")]
+    for i, name in enumerate(names):
+        if i > 0 and np.linalg.norm(backbone[i - 1, 2] - backbone[i, 0]) > 2.5:
+            chain = top.add_chain()
+        residue = top.add_residue(name if name in AA_INDEX else "UNK", chain)
+        for atom, element in zip(BACKBONE, elements):
+            top.add_atom(atom, element, residue)
+    traj = mdtraj.Trajectory((backbone.reshape(1, -1, 3) / 10.0).astype(np.float32), top)  # mdtraj works in nm
+    ss = mdtraj.compute_dssp(traj, simplified=False)[0]
+    return np.array([DSSP8_CLASSES.index("-" if c in (" ", "NA") else c) for c in ss], dtype=np.int64)
 
-    feats = np.zeros((len(res), NUM_DSSP_FEATURES), dtype=np.float32)
+
+def dssp_features(res: Residues, states: int = 8) -> np.ndarray:
+    """DSSP features per residue: secondary-structure one-hot, RSA, sin/cos phi, sin/cos psi.
+
+    ``states=8`` (GraphQA's): one-hot over [no assignment, G, H, I, T, E, B, S, coil] from mdtraj's DSSP,
+    (R, 14). ``states=3``: one-hot over (loop, helix, strand) from pydssp, (R, 8). Residues without a
+    complete backbone get no secondary structure (slot 0 with 8 states, all-zero with 3); undefined angles
+    get sin = cos = 0.
+    """
+    if states not in DSSP_STATES:
+        raise ValueError(f"dssp_states must be one of {DSSP_STATES}, got {states}")
+    width = NUM_DSSP_FEATURES[states]
+    ss_width = width - 5
+    feats = np.zeros((len(res), width), dtype=np.float32)
     complete = np.isfinite(res.backbone).all(axis=(1, 2))
-    if complete.sum() >= 3:
+    if states == 8:
+        feats[~complete, 0] = 1.0
+        if complete.any():
+            ss = _dssp8(res.backbone[complete], [res.names[i] for i in np.flatnonzero(complete)])
+            feats[np.flatnonzero(complete), ss + 1] = 1.0
+    elif complete.sum() >= 3:
+        import pydssp
+
         ss = pydssp.assign(res.backbone[complete].astype(np.float32), out_type="index")
         feats[np.flatnonzero(complete), np.asarray(ss, dtype=np.int64)] = 1.0
-    feats[:, 3] = relative_accessibility(res)
+    feats[:, ss_width] = relative_accessibility(res)
     phi, psi = backbone_dihedrals(res)
-    for k, angle in ((4, phi), (6, psi)):
+    for k, angle in ((ss_width + 1, phi), (ss_width + 3, psi)):
         ok = np.isfinite(angle)
         feats[ok, k] = np.sin(angle[ok])
         feats[ok, k + 1] = np.cos(angle[ok])
@@ -274,21 +315,29 @@ MSA_ALPHABET = "ACDEFGHIKLMNPQRSTVWYX-"
 
 
 def read_alignment(path: str | os.PathLike) -> list[str]:
-    """Aligned sequences of an a3m/FASTA/plain alignment; a3m insertions (lower case, '.') are removed."""
-    seqs, current = [], []
-    for line in _lines(path):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(">"):
-            if current:
-                seqs.append("".join(current))
-            current = []
-        else:
-            current.append("".join(ch for ch in line if not (ch.islower() or ch == ".")))
-    if current:
-        seqs.append("".join(current))
-    if not seqs or len({len(s) for s in seqs}) != 1:
+    """Aligned sequences (first = the target) of an a3m / aligned FASTA file (``>`` headers, a sequence may span
+    lines) or a plain alignment (one sequence per line, no headers, e.g. PSICOV ``.aln``).
+    a3m insertions (lower case, ``.``) are removed. Clustal/Stockholm files are rejected with an error."""
+    lines = [line.strip() for line in _lines(path)]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if lines and lines[0].upper().startswith(("CLUSTAL", "# STOCKHOLM")):
+        raise ValueError(f"{path}: Clustal/Stockholm alignments are not read; convert to a3m or FASTA")
+    strip = lambda line: "".join(ch for ch in line if not (ch.islower() or ch == "."))  # noqa: E731
+    seqs: list[str] = []
+    if any(line.startswith(">") for line in lines):
+        current: list[str] | None = None
+        for line in lines:
+            if line.startswith(">"):
+                if current is not None:
+                    seqs.append("".join(current))
+                current = []
+            elif current is not None:
+                current.append(strip(line))
+        if current is not None:
+            seqs.append("".join(current))
+    else:
+        seqs = [strip(line) for line in lines]
+    if not seqs or not seqs[0] or len({len(s) for s in seqs}) != 1:
         raise ValueError(f"{path}: not an alignment (no sequence, or rows of different lengths)")
     return seqs
 
@@ -305,14 +354,15 @@ def msa_features(seqs: Sequence[str], pseudo: float = 1.0) -> np.ndarray:
     return np.concatenate([-ratio, p * ratio], axis=1).astype(np.float32)
 
 
-def featurize(native: Residues, model: Residues, cutoff: float = 8.0, msa: np.ndarray | None = None) -> dict:
+def featurize(native: Residues, model: Residues, cutoff: float = 8.0, msa: np.ndarray | None = None,
+              dssp_states: int = 8) -> dict:
     """One decoy as tensors over the native's residues, with its true scores."""
     idx, present = align_to_native(native, model)
     n = len(native)
     aa = np.array([AA_INDEX.get(name, UNKNOWN) for name in native.names], dtype=np.int64)
     aa[~np.isfinite(native.ca).all(axis=1)] = GAP
-    dssp = np.zeros((n, NUM_DSSP_FEATURES), dtype=np.float32)
-    dssp[present] = dssp_features(model)[idx[present]]
+    dssp = np.zeros((n, NUM_DSSP_FEATURES[dssp_states]), dtype=np.float32)
+    dssp[present] = dssp_features(model, dssp_states)[idx[present]]
     cb = _take(model.cb, idx)
     edge_index, dist = residue_graph(cb, present, cutoff)
     scores = true_scores(native, model)
@@ -400,8 +450,8 @@ def find_targets(edition_dir: Path) -> list[Target]:
 # dataset
 
 
-def _cache_key(cutoff: float, msa: bool) -> str:
-    spec = json.dumps({"v": FEATURE_VERSION, "cutoff": cutoff, "msa": msa}, sort_keys=True)
+def _cache_key(cutoff: float, msa: bool, dssp_states: int = 8) -> str:
+    spec = json.dumps({"v": FEATURE_VERSION, "cutoff": cutoff, "msa": msa, "dssp": dssp_states}, sort_keys=True)
     return hashlib.sha1(spec.encode()).hexdigest()[:10]
 
 
@@ -432,7 +482,11 @@ class CASPTargets:
         msa_dir: Path | None = None,
         max_decoys: int | None = None,
         workers: int = 0,
+        dssp_states: int = 8,
     ) -> None:
+        if dssp_states not in DSSP_STATES:
+            raise ValueError(f"dssp_states must be one of {DSSP_STATES}, got {dssp_states}")
+        self.dssp_states = dssp_states
         self.targets = list(targets)
         self.workers = workers
         self.cache_dir = cache_dir
@@ -442,37 +496,51 @@ class CASPTargets:
         self.skipped: list[str] = []
         self.skipped_targets: list[str] = []
 
-    def _msa(self, target: Target) -> np.ndarray | None:
+    def _msa(self, target: Target, native: Residues) -> np.ndarray | None:
+        """MSA features of the native's residues from ``<msa_dir>/<target>.a3m|.aln|.fasta|.fa``.
+
+        The alignment's first row is the target sequence: when it has as many columns as the native has
+        residues, column ``i`` is residue ``i``; otherwise residues are placed by their number (CASP numbers
+        the target sequence from 1), and a native residue numbered outside the alignment is an error.
+        """
         if self.msa_dir is None:
             return None
         for ext in (".a3m", ".aln", ".fasta", ".fa"):
             path = self.msa_dir / f"{target.name}{ext}"
             if path.is_file():
-                return msa_features(read_alignment(path))
+                feats = msa_features(read_alignment(path))
+                if len(feats) == len(native):
+                    return feats
+                numbers = np.array([k[0] for k in native.keys])
+                if numbers.min() < 1 or numbers.max() > len(feats):
+                    raise ValueError(f"{path}: {len(feats)} alignment columns, but the native has {len(native)} "
+                                     f"residues numbered {numbers.min()}..{numbers.max()}")
+                return feats[numbers - 1]
         log.warning("no alignment for %s in %s: MSA features are zero", target.name, self.msa_dir)
-        return None
+        return np.zeros((len(native), 2 * len(MSA_ALPHABET)), dtype=np.float32)
 
     def featurize_target(self, target: Target) -> dict:
         """Featurise every readable decoy of ``target`` (no cache)."""
         native = read_pdb(target.native)
-        msa = self._msa(target)
-        if self.msa_dir is not None and msa is None:
-            msa = np.zeros((len(native), 2 * len(MSA_ALPHABET)), dtype=np.float32)
+        msa = self._msa(target, native)
         decoys, names, skipped = [], [], []
         for name, source in target.decoy_sources():
             try:
                 model = read_pdb(source, name=f"{target.edition}/{target.name}/{name}")
                 if not align_to_native(native, model)[1].any():
                     raise PDBReadError(f"{target.name}/{name}: no residue in common with the native")
-                decoys.append(featurize(native, model, self.cutoff, msa))
+                decoys.append(featurize(native, model, self.cutoff, msa, self.dssp_states))
                 names.append(name)
             except (PDBReadError, ValueError, OSError) as err:
                 skipped.append(f"{target.edition}/{target.name}/{name}: {err}")
-        return {"key": _cache_key(self.cutoff, self.msa_dir is not None), "names": names, "decoys": decoys,
-                "skipped": skipped}
+        return {"key": self.key, "names": names, "decoys": decoys, "skipped": skipped}
+
+    @property
+    def key(self) -> str:
+        return _cache_key(self.cutoff, self.msa_dir is not None, self.dssp_states)
 
     def cache_path(self, target: Target) -> Path:
-        return self.cache_dir / target.edition / f"{target.name}-{_cache_key(self.cutoff, self.msa_dir is not None)}.pt"
+        return self.cache_dir / target.edition / f"{target.name}-{self.key}.pt"
 
     def load_target(self, target: Target) -> dict | None:
         path = self.cache_path(target)
@@ -480,7 +548,7 @@ class CASPTargets:
             return torch.load(path, weights_only=True)
         try:
             item = self.featurize_target(target)
-        except (PDBReadError, OSError, tarfile.TarError) as err:
+        except (PDBReadError, ValueError, OSError, tarfile.TarError) as err:  # unreadable native or alignment
             log.warning("CASP: target %s/%s skipped: %s", target.edition, target.name, err)
             self.skipped_targets.append(f"{target.edition}/{target.name}: {err}")
             return None
@@ -550,6 +618,9 @@ class CASPDataModule(LightningDataModule):
             else ``$PAPERZOO_DATA/casp_cache``).
         max_decoys_per_target: keep at most this many decoys per target (quick experiments).
         featurize_workers: processes featurising uncached targets in parallel (0/1: in this process).
+        dssp_states: secondary structure classes: 8 (GraphQA's; DSSP's 8 states through mdtraj, 14 DSSP
+            features per residue) or 3 (loop/helix/strand through pydssp, 8 features). The model's
+            ``num_dssp`` must match (``num_dssp_features``).
         batch_size, num_workers: DataLoader settings (graphs per batch per process).
     """
 
@@ -571,6 +642,7 @@ class CASPDataModule(LightningDataModule):
         cache_dir: str | None = None,
         max_decoys_per_target: int | None = None,
         featurize_workers: int = 0,
+        dssp_states: int = 8,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
@@ -578,6 +650,8 @@ class CASPDataModule(LightningDataModule):
         self.save_hyperparameters()
         if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:
             raise ValueError("val_fraction and test_fraction must be in [0, 1)")
+        if dssp_states not in DSSP_STATES:
+            raise ValueError(f"dssp_states must be one of {DSSP_STATES}, got {dssp_states}")
         self.data_dir = resolve_data_dir(data_dir, self.folder)
         self.train_set: list[Data] = []
         self.val_set: list[Data] = []
@@ -657,7 +731,7 @@ class CASPDataModule(LightningDataModule):
         msa_dir = Path(self.hparams.msa_dir) if self.hparams.msa_dir else None
         for name, targets in split.items():
             ds = CASPTargets(targets, cache, self.hparams.cutoff, msa_dir, self.hparams.max_decoys_per_target,
-                             self.hparams.featurize_workers)
+                             self.hparams.featurize_workers, self.hparams.dssp_states)
             graphs = ds.load(ids)
             setattr(self, f"{name}_set", graphs)
             self.splits[name] = [f"{t.edition}/{t.name}" for t in targets]
@@ -681,6 +755,10 @@ class CASPDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+    @property
+    def num_dssp_features(self) -> int:
+        return NUM_DSSP_FEATURES[self.hparams.dssp_states]
 
     @property
     def num_msa_features(self) -> int:

@@ -34,7 +34,8 @@ class GraphQA(PaperzooModule):
     """GraphQA; ``raw=True`` is GraphQA_RAW (residue identity only); ablations: ``use_global``, ``edge_features``.
 
     Args:
-        num_dssp, num_msa: node feature sizes (``CASPDataModule``: 8 DSSP features; 44 MSA features with ``msa_dir``).
+        num_dssp, num_msa: node feature sizes (``CASPDataModule``: 14 DSSP features with 8-state DSSP, the paper's
+            14-d vector, 8 with ``dssp_states=3``; 44 MSA features with ``msa_dir``).
         layers: message-passing layers L (paper: 6).
         enc_widths, out_widths: (edge, node, global) widths after the encoder / of the last layer (paper:
             (128, 512, 512) -> (16, 64, 32)); the layers in between shrink linearly.
@@ -49,7 +50,7 @@ class GraphQA(PaperzooModule):
 
     def __init__(
         self,
-        num_dssp: int = 8,
+        num_dssp: int = 14,
         num_msa: int = 0,
         layers: int = 6,
         enc_widths: tuple[int, int, int] = (128, 512, 512),

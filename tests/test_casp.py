@@ -13,10 +13,14 @@ import torch
 
 from datamodules.base import DataNotFoundError
 from datamodules.casp import (
+    DSSP8_CLASSES,
+    MSA_ALPHABET,
     CASPDataModule,
     PDBReadError,
     featurize,
     find_targets,
+    msa_features,
+    read_alignment,
     read_pdb,
     separation_class,
     true_scores,
@@ -66,7 +70,7 @@ def test_featurize_graph_masks_and_edges(tiny_sample: Path) -> None:
     decoy = read_pdb(text.encode())
     f = featurize(native, decoy, cutoff=8.0)
     n = len(native)
-    assert f["aa"].shape == (n,) and f["dssp"].shape == (n, 8)
+    assert f["aa"].shape == (n,) and f["dssp"].shape == (n, 14)  # the paper's 14-d DSSP vector
     assert (~f["present"][:6]).all() and f["present"][6:].all()
     assert torch.isnan(f["lddt"][:6]).all()  # no local label where the decoy has no residue
     assert f["lddt"][6] < 1.0 and f["lddt"][-1] == 1.0  # contacts with absent residues count as lost
@@ -80,11 +84,17 @@ def test_featurize_graph_masks_and_edges(tiny_sample: Path) -> None:
     known = ~absent
     assert (f["edge_dist"][known][(src - dst).abs()[known] > 1] < 8.0).all()
     assert f["gdt_ts"] == pytest.approx((n - 6) / n)
-    # helices found by DSSP in a globin, RSA in [0, 1], sin^2 + cos^2 = 1 where defined
-    assert f["dssp"][:, 1].sum() > 0.3 * n
-    assert ((f["dssp"][:, 3] >= 0) & (f["dssp"][:, 3] <= 1)).all()
-    s2 = f["dssp"][6:-1, 4] ** 2 + f["dssp"][6:-1, 5] ** 2
+    # 8-state DSSP: one class per present residue; alpha helices (H, slot 2) found in a globin; RSA in [0, 1];
+    # sin^2 + cos^2 = 1 where defined
+    assert (f["dssp"][6:, :9].sum(dim=1) == 1).all()
+    assert f["dssp"][:, 1 + DSSP8_CLASSES.index("H")].sum() > 0.3 * n
+    assert ((f["dssp"][:, 9] >= 0) & (f["dssp"][:, 9] <= 1)).all()
+    s2 = f["dssp"][6:-1, 10] ** 2 + f["dssp"][6:-1, 11] ** 2
     assert torch.allclose(s2[1:], torch.ones_like(s2[1:]), atol=1e-5)
+    # 3-state DSSP (pydssp): loop/helix/strand one-hot + the same RSA and angles
+    f3 = featurize(native, decoy, cutoff=8.0, dssp_states=3)
+    assert f3["dssp"].shape == (n, 8) and f3["dssp"][:, 1].sum() > 0.3 * n
+    assert torch.equal(f3["dssp"][:, 3:], f["dssp"][:, 9:])
 
 
 def test_separation_classes() -> None:
@@ -169,3 +179,102 @@ def test_reads_shared_casp13_layout(shared_data: Path, tmp_path: Path) -> None:
     g = dm.test_set[0]
     assert g.num_nodes == 104  # the D1 domain of the native; the models' 7 extra residues are not nodes
     assert 0.0 < float(g.gdt_ts) < 1.0
+
+
+THREE_TO_ONE = dict(zip(("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS", "MET",
+                         "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL"), "ARNDCQEGHILKMFPSTWYV"))
+
+
+def test_msa_features_match_a_hand_computation(tmp_path: Path) -> None:
+    """a3m: '>' headers, lower-case insertions and '.' removed; pseudo-count 1 over 22 symbols."""
+    path = tmp_path / "T.a3m"
+    path.write_text(">query\nAC-D\n>hit1 insertion 'a' after C\nACaE-\n>hit2\nGC.-D\n")
+    assert read_alignment(path) == ["AC-D", "ACE-", "GC-D"]
+    f = msa_features(read_alignment(path))
+    k = len(MSA_ALPHABET)
+    assert f.shape == (4, 2 * k) and k == 22
+    col = lambda ch: MSA_ALPHABET.index(ch)  # noqa: E731
+    # column 0 = A, A, G: counts + 1 pseudo-count each -> p_A = 3/25, p_G = 2/25, p_other = 1/25
+    for ch, p in (("A", 3 / 25), ("G", 2 / 25), ("W", 1 / 25)):
+        assert f[0, col(ch)] == pytest.approx(-np.log2(p * 22), rel=1e-6)  # self-information vs uniform
+        assert f[0, k + col(ch)] == pytest.approx(p * np.log2(p * 22), rel=1e-6)  # partial entropy
+    # column 2 = gap, E, gap: p_gap = 3/25
+    assert f[2, col("-")] == pytest.approx(-np.log2(3 * 22 / 25), rel=1e-6)
+    assert f[2, k + col("E")] == pytest.approx(2 / 25 * np.log2(2 * 22 / 25), rel=1e-6)
+    # column 1 (C in all three): the conserved residue has the most negative self-information
+    assert f[1, :k].argmin() == col("C")
+    (tmp_path / "plain.aln").write_text("AC-D\nACaE-\nGC.-D\n")  # plain: one row per line, no headers
+    assert read_alignment(tmp_path / "plain.aln") == ["AC-D", "ACE-", "GC-D"]
+    (tmp_path / "bad.aln").write_text("ACD\nAC\n")
+    with pytest.raises(ValueError, match="not an alignment"):
+        read_alignment(tmp_path / "bad.aln")
+
+
+def test_datamodule_reads_user_alignments(tiny_sample: Path, tmp_path: Path, caplog) -> None:
+    targets = find_targets(tiny_sample / "casp" / "SAMPLE")
+    msa_dir = tmp_path / "msa"
+    msa_dir.mkdir()
+    natives = [read_pdb(t.native) for t in targets]
+    seqs = ["".join(THREE_TO_ONE.get(n, "X") for n in nat.names) for nat in natives]
+    # target 0: one column per native residue (FASTA); target 1: the target sequence numbered from 1, longer
+    # than the native's residues (residues placed by number); target 2: no alignment; target 3: too short
+    (msa_dir / f"{targets[0].name}.fasta").write_text(f">q\n{seqs[0]}\n>h\n{'-' * len(seqs[0])}\n")
+    numbers = [k[0] for k in natives[1].keys]
+    full = ["-"] * (max(numbers) + 3)
+    for number, aa in zip(numbers, seqs[1]):
+        full[number - 1] = aa
+    (msa_dir / f"{targets[1].name}.a3m").write_text(f">q\n{''.join(full)}\n")
+    (msa_dir / f"{targets[3].name}.aln").write_text("ACD\nACD\n")
+    dm = CASPDataModule(data_dir=str(tiny_sample / "casp"), test_fraction=0.0, val_fraction=0.0, batch_size=4,
+                        msa_dir=str(msa_dir), cache_dir=str(tmp_path / "cache"), min_length=1)
+    dm.setup("fit")
+    assert dm.num_msa_features == 44
+    by_target = {}
+    for g in dm.train_set:
+        by_target.setdefault(g.name.split("/")[0], g)
+    assert set(by_target) == {targets[0].name, targets[1].name, targets[2].name}  # target 3 skipped, counted
+    assert len(dm.skipped) == 1 and targets[3].name in dm.skipped[0] and "alignment columns" in dm.skipped[0]
+    k = len(MSA_ALPHABET)
+    g0 = by_target[targets[0].name]
+    assert g0.msa.shape == (len(natives[0]), 44)
+    first = MSA_ALPHABET.index(seqs[0][0])  # column 0: the residue once + a gap once, + 1 pseudo-count each
+    assert float(g0.msa[0, first]) == pytest.approx(-np.log2(2 / 24 * 22), rel=1e-6)
+    assert float(g0.msa[0, k + MSA_ALPHABET.index("-")]) == pytest.approx(2 / 24 * np.log2(2 / 24 * 22), rel=1e-6)
+    g1 = by_target[targets[1].name]
+    for i, aa in enumerate(seqs[1]):  # a single sequence: its residue is the column's most frequent symbol
+        assert int(g1.msa[i, :k].argmin()) == MSA_ALPHABET.index(aa)
+    assert float(by_target[targets[2].name].msa.abs().sum()) == 0.0 and "no alignment" in caplog.text
+
+
+def _mkdssp_states(pdb_text: str, tmp_path: Path) -> str:
+    import subprocess
+
+    path = tmp_path / "in.pdb"
+    header = ("HEADER    DECOY                                   01-JAN-00   XXXX              \n"
+              "CRYST1    1.000    1.000    1.000  90.00  90.00  90.00 P 1           1          \n")
+    path.write_text(header + "\n".join(ln for ln in pdb_text.splitlines() if ln.startswith("ATOM")) + "\nEND\n")
+    out = subprocess.run(["mkdssp", "--output-format", "dssp", str(path), str(tmp_path / "out.dssp")],
+                         capture_output=True, text=True, check=True)
+    assert out.returncode == 0
+    lines = (tmp_path / "out.dssp").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  #  RESIDUE")) + 1
+    # '!' rows mark chain breaks; DSSP 4 adds the polyproline state 'P', which classic 8-state DSSP calls coil
+    return "".join("-" if ln[16] in " P" else ln[16] for ln in lines[start:] if ln[13] != "!")
+
+
+@pytest.mark.skipif(__import__("shutil").which("mkdssp") is None, reason="mkdssp absent (apt-get install dssp)")
+def test_dssp8_matches_mkdssp(tiny_sample: Path, tmp_path: Path) -> None:
+    """Our 8-state DSSP (mdtraj) against the DSSP program (Debian's mkdssp 4) on natives and decoys."""
+    from datamodules.casp import _dssp8
+
+    agree = total = 0
+    for target in find_targets(tiny_sample / "casp" / "SAMPLE"):
+        for path in [target.native, *sorted(target.decoys.iterdir())[:2]]:
+            res = read_pdb(path)
+            ours = "".join(DSSP8_CLASSES[i] for i in _dssp8(res.backbone, res.names))
+            theirs = _mkdssp_states(path.read_text(), tmp_path)
+            assert len(ours) == len(theirs)
+            agree += sum(a == b for a, b in zip(ours, theirs))
+            total += len(ours)
+    print(f"8-state DSSP agreement with mkdssp: {agree}/{total} = {agree / total:.4f}")
+    assert agree / total >= 0.99, agree / total  # measured: 1743/1743 identical

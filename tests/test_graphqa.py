@@ -31,7 +31,7 @@ def _graph(n: int = 12, seed: int = 0) -> Data:
     src = torch.arange(n - 1)
     edge_index = torch.cat([torch.stack([src, src + 1]), torch.stack([src + 1, src])], dim=1)
     e = edge_index.size(1)
-    return Data(aa=torch.randint(0, 22, (n,), generator=g), dssp=torch.rand(n, 8, generator=g),
+    return Data(aa=torch.randint(0, 22, (n,), generator=g), dssp=torch.rand(n, 14, generator=g),
                 present=torch.ones(n, dtype=torch.bool), edge_index=edge_index,
                 edge_dist=torch.rand(e, generator=g) * 10, edge_sep=torch.zeros(e, dtype=torch.long), num_nodes=n)
 
@@ -62,6 +62,11 @@ def test_forward_shapes_ranges_and_switches() -> None:
     other = batch.clone()
     other.edge_dist = other.edge_dist + 3.0
     assert torch.equal(no_edges(batch)[1], no_edges(other)[1])
+    # data and model built for different feature widths: a clear error, not a shape error deep in torch
+    with pytest.raises(ValueError, match="num_dssp=8"):
+        GraphQANet(num_dssp=8, layers=2, enc_widths=(16, 32, 32), out_widths=(8, 16, 16))(batch)
+    with pytest.raises(ValueError, match="num_msa=44"):
+        GraphQANet(num_msa=44, layers=2, enc_widths=(16, 32, 32), out_widths=(8, 16, 16))(batch)
 
 
 def test_grouped_metrics_match_scipy_and_dedupe() -> None:
@@ -127,17 +132,25 @@ def test_ddp_test_metrics_equal_single_process(sample_root: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_sample_training_reaches_targets(tmp_path: Path, monkeypatch) -> None:
-    """The issue asks R_target >= 0.7 (GDT_TS) and R_model >= 0.5 (LDDT) on the sample's held-out targets.
+    """The issue's must-show, as one command: build the default sample (24 targets x 64 decoys), then
+    ``lightning fit`` and ``lightning test --ckpt_path last`` with configs/graphqa_casp.yaml unchanged; on the
+    6 held-out targets R_target (GDT_TS) >= 0.7 and R_model (LDDT) >= 0.5, the issue's thresholds.
 
-    Measured with this recipe (OMP_NUM_THREADS=1): R_target 0.858, R_model 0.504. R_model is only just above
-    0.5, and thread count changes float summation order, so the local threshold here keeps a margin (0.45).
+    ``pytest tests/test_graphqa.py -m slow -s`` prints the metric table (about 8 minutes on 2 CPU cores).
     """
+    pytest.importorskip("MDAnalysisTests", reason="the default sample's 24 natives need MDAnalysisTests' chains "
+                        "(pip install --no-deps MDAnalysisTests; `make setup` does it)")
     root = tmp_path / "data"
     casp_sample.build(root, seed=0)
+    assert len([p for p in (root / "casp" / "SAMPLE").iterdir() if p.is_dir()]) == 24
     monkeypatch.setenv("PAPERZOO_DATA", str(root))
     common = ["--config", CONFIG, *QUIET, *out_args(tmp_path)]
     run_cli(["fit", *common])
     cli = run_cli(["test", *common, "--ckpt_path", str(tmp_path / "graphqa_casp" / "checkpoints" / "last.ckpt")])
-    logged = cli.trainer.callback_metrics
-    assert float(logged["test/global/gdtts/r_target"]) >= 0.7
-    assert float(logged["test/local/lddt/r_model"]) >= 0.45
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert len(cli.datamodule.splits["test"]) == 6 and len(cli.datamodule.test_set) == 6 * 64
+    print("\nGraphQA on the sample's 6 held-out targets (test/...):")
+    for key in sorted(logged):
+        print(f"  {key:40s} {logged[key]:.4f}")
+    assert logged["test/global/gdtts/r_target"] >= 0.7
+    assert logged["test/local/lddt/r_model"] >= 0.5

@@ -179,7 +179,7 @@ def perturb(chain: Chain, rng: np.random.Generator, n_moves: int, max_angle: flo
     return coords
 
 
-def build(root: Path, seed: int = 0, targets: int = 24, decoys: int = 32, max_length: int = 200) -> list[Path]:
+def build(root: Path, seed: int = 0, targets: int = 24, decoys: int = 64, max_length: int = 200) -> list[Path]:
     """Write ``targets`` natives with ``decoys`` decoys each under ``<root>/casp/SAMPLE/`` (see module doc)."""
     from datamodules.casp import read_pdb, true_scores  # our own reader/scorer, so the sample is read as real data
 
@@ -234,5 +234,5 @@ def build(root: Path, seed: int = 0, targets: int = 24, decoys: int = 32, max_le
 
 def add_arguments(parser) -> None:
     parser.add_argument("--targets", type=int, default=24, help="number of native chains (default 24)")
-    parser.add_argument("--decoys", type=int, default=32, help="decoys per target (default 32)")
+    parser.add_argument("--decoys", type=int, default=64, help="decoys per target (default 64)")
     parser.add_argument("--max-length", dest="max_length", type=int, default=200)

@@ -95,7 +95,8 @@ class GraphLayer(nn.Module):
 class GraphQANet(nn.Module):
     """GraphQA (Baldassarre et al. 2020): encoder, ``layers`` message-passing layers of shrinking width, readout.
 
-    Inputs (a ``torch_geometric`` batch): ``aa`` residue type (22 classes), ``dssp`` (N, 8) DSSP features,
+    Inputs (a ``torch_geometric`` batch): ``aa`` residue type (22 classes), ``dssp`` (N, num_dssp) DSSP features
+    (14 with 8-state DSSP, 8 with 3-state),
     optional ``msa`` (N, F), ``present`` (residue has coordinates in the decoy), ``edge_dist`` C-beta distance
     (NaN = unknown), ``edge_sep`` sequence-separation class (0..6). Returns per-residue and per-graph scores in [0, 1].
 
@@ -109,7 +110,7 @@ class GraphQANet(nn.Module):
 
     def __init__(
         self,
-        num_dssp: int = 8,
+        num_dssp: int = 14,
         num_msa: int = 0,
         layers: int = 6,
         enc_widths: tuple[int, int, int] = (128, 512, 512),
@@ -126,7 +127,7 @@ class GraphQANet(nn.Module):
     ) -> None:
         super().__init__()
         self.raw, self.use_global, self.edge_features = raw, use_global, edge_features
-        self.num_msa = num_msa
+        self.num_msa, self.num_dssp = num_msa, num_dssp
         self.separation_classes = separation_classes
         self.embed = nn.Embedding(num_residue_types, embedding_dim)
         node_in = embedding_dim + 1 + (0 if raw else num_dssp + num_msa)
@@ -149,9 +150,17 @@ class GraphQANet(nn.Module):
         present = batch.present.float()[:, None]
         parts = [self.embed(batch.aa), present]
         if not self.raw:
+            if batch.dssp.size(-1) != self.num_dssp:
+                raise ValueError(f"the data has {batch.dssp.size(-1)} DSSP features per residue but the model was built "
+                                 f"for num_dssp={self.num_dssp} (CASPDataModule: 14 with dssp_states=8, 8 with 3)")
             parts.append(batch.dssp * present)
             if self.num_msa:
-                parts.append(batch.msa)
+                msa = getattr(batch, "msa", None)
+                if msa is None or msa.size(-1) != self.num_msa:
+                    got = "none" if msa is None else msa.size(-1)
+                    raise ValueError(f"the model expects num_msa={self.num_msa} MSA features per residue, the data has "
+                                     f"{got} (CASPDataModule: 44 with msa_dir, none without)")
+                parts.append(msa)
         return torch.cat(parts, dim=-1)
 
     def edge_inputs(self, batch) -> Tensor:
