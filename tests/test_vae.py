@@ -180,6 +180,16 @@ def test_celeba_configs_run_on_real_faces(config: str, shared_data: Path, tmp_pa
     assert not any(k.startswith("val/disent/") for k in cli.trainer.callback_metrics)
 
 
+@pytest.mark.realdata
+def test_metric_suite_reads_only_real_subset_images(shared_data: Path) -> None:
+    """What the training table does (benchmarks/vae_dsprites_table.py): every metric on the real downsampled subset."""
+    dm = DSpritesDataModule(data_dir=str(shared_data / "dsprites"), source="downsampled")
+    dm.setup()
+    scores, times = evaluate_disentanglement(_small_vae(), dm.factor_sampler, scale=0.01, scale_overrides={"dci": 0.01})
+    assert set(scores) >= {"beta_vae", "factor_vae", "mig", "dci_disentanglement", "sap", "irs"}
+    assert times["encoded_images"] > 500 and dm.factor_sampler.rendered == 0  # all real images, none rendered
+
+
 _EVERY_EPOCH = ["--trainer.callbacks+=DisentanglementMetrics", "--trainer.callbacks.every_n_epochs=1",
                 "--trainer.callbacks.scale=0.01", "--trainer.callbacks.metrics=[mig,factor_vae,dci,sap,irs,beta_vae]"]
 
