@@ -22,7 +22,7 @@ with known attributes in exactly this layout (see :mod:`datamodules.samples.cele
 
 Ground-truth factors (opt-in, ``factor_sampler=true`` or ``"auto"``): only the procedural sample has them.
 :meth:`CelebADataModule.setup` then checks that the data are the sample (every attribute row is the image
-of the 10 sample factors, and the first image is the face those factors render) and exposes
+of the 10 sample factors, and the first three images are the faces those factors render) and exposes
 ``datamodule.factor_sampler`` (a :class:`SampleFactorSampler`: ``factor_sizes``, ``sample_factors(n, rng)``,
 ``sample_observations_from_factors(factors, rng)``, the interface the disentanglement-metrics callback
 uses). On real CelebA (factors unknown) ``true`` is a clear error and ``"auto"`` logs a warning and leaves
