@@ -10,6 +10,7 @@ molecule is canonicalised with RDKit; SMILES are split with the Molecular Transf
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -183,6 +184,101 @@ def _read_reactions(path: Path) -> tuple[list[Reaction], int]:
             reactions.append(Reaction(row.get("id") or f"{path.stem}-{n}", cls, *parsed,
                                       mapped=text if _has_maps(text) else None))
     return reactions, skipped
+
+
+def strip_maps(smiles: str) -> str | None:
+    """The same molecule(s) without atom-map numbers (RDKit SMILES, not canonicalised further); ``None`` if invalid."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None
+    for atom in mol.GetAtoms():
+        atom.SetAtomMapNum(0)
+    return Chem.MolToSmiles(mol)
+
+
+def _rxnmapper():
+    try:
+        from rxnmapper import RXNMapper
+    except ImportError as err:
+        raise ImportError(
+            "atom mapping needs rxnmapper (its wheel ships the model weights; it runs offline on CPU): "
+            "pip install 'rxnmapper>=0.4'") from err
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return RXNMapper()
+
+
+def map_reactions(reactions: Sequence[str], batch_size: int = 16, mapper=None) -> list[tuple[str | None, float]]:
+    """Atom-map ``reactants>reagents>product`` reaction SMILES with rxnmapper (Schwaller et al. 2021).
+
+    Reagents are folded into the reactants (USPTO-50k has none). Returns ``(mapped reaction or None, confidence)``
+    per input; a batch rxnmapper rejects is retried one reaction at a time, and a reaction it still rejects (e.g.
+    longer than its 512 tokens) gives ``None`` (the caller counts and logs it)."""
+    mapper = mapper or _rxnmapper()
+    queries = []
+    for text in reactions:
+        reac, reag, prod = text.split(">")
+        queries.append(".".join(x for x in (reac, reag) if x) + ">>" + prod)
+    out: list[tuple[str | None, float]] = []
+    for i in range(0, len(queries), batch_size):
+        batch = queries[i : i + batch_size]
+        try:
+            res = mapper.get_attention_guided_atom_maps(batch)
+        except Exception:  # noqa: BLE001 - one bad reaction fails rxnmapper's whole batch: retry one by one
+            res = []
+            for q in batch:
+                try:
+                    res += mapper.get_attention_guided_atom_maps([q])
+                except Exception:  # noqa: BLE001
+                    res.append(None)
+        out += [(r["mapped_rxn"], float(r["confidence"])) if r else (None, 0.0) for r in res]
+    return out
+
+
+def map_reaction_file(src: Path, dst: Path, batch_size: int = 16) -> tuple[int, int]:
+    """Write ``dst``: the USPTO CSV ``src`` with every unmapped reaction atom-mapped by rxnmapper (other columns
+    kept, plus ``rxnmapper_confidence``). Reactions rxnmapper cannot map are kept unmapped (counted, logged;
+    template extraction then gives no template for them). Written atomically. Returns (mapped, failed)."""
+    src, dst = Path(src), Path(dst)
+    with open(src, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    column = next((c for c in fields if c.startswith("reactants>")), None)
+    if column is None:
+        raise ValueError(f"{src}: no 'reactants>reagents>production' column (columns: {fields})")
+    todo = [i for i, r in enumerate(rows) if not _has_maps(r[column])]
+    log.info("rxnmapper: mapping %d of %d reactions of %s (once; cached in %s)", len(todo), len(rows), src, dst)
+    mapped = map_reactions([rows[i][column] for i in todo], batch_size)
+    failed = 0
+    for i, (m, conf) in zip(todo, mapped):
+        if m is None:
+            failed += 1
+            log.warning("%s:%d: rxnmapper could not map this reaction; kept unmapped: %.120s", src, i + 2,
+                        rows[i][column])
+            rows[i]["rxnmapper_confidence"] = ""
+        else:
+            rows[i][column] = m
+            rows[i]["rxnmapper_confidence"] = f"{conf:.4f}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields + ["rxnmapper_confidence"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(dst)
+    return len(todo) - failed, failed
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _first_reaction_mapped(path: Path) -> bool:
+    if path.suffix in (".txt", ".smi"):
+        return True  # product>>reactants lists carry no maps: nothing to map
+    with open(path, newline="") as f:
+        row = next(csv.DictReader(f), None)
+    return row is None or any(_has_maps(v) for k, v in row.items() if k and k.startswith("reactants>"))
 
 
 def random_smiles(smiles: str, seed: int) -> str:
@@ -364,6 +460,11 @@ class USPTODataModule(LightningDataModule):
             templates' reactions, ``seed``). Needs atom maps everywhere.
         rare_templates: keep only test reactions whose template occurs at most this many times in training
             (the rare-template subset). Needs atom maps everywhere.
+        atom_mapping: ``given`` (use the files' atom maps) or ``rxnmapper``: a file without atom maps (the real
+            ``raw_train_UNMAPPED_derived.csv``) is atom-mapped with rxnmapper once (in ``prepare_data``, ~10-20
+            reactions/s on a CPU) and the mapped copy is cached in ``mapping_cache_dir`` (keyed by the source
+            file's hash) and used from then on; the template options then work on the real data.
+        mapping_cache_dir: where the rxnmapper-mapped copies live; default ``$PAPERZOO_DATA/uspto_50k_rxnmapper``.
         max_tokens: token budget of a training batch (padded ``batch * max(len(src), len(tgt)+1)``).
         eval_batch_size: products per validation/test batch (beam search memory grows with it).
         train_subset, eval_subset: keep only the first N reactions (quick runs).
@@ -383,6 +484,8 @@ class USPTODataModule(LightningDataModule):
         pretrain_examples: int = 10,
         split: Literal["given", "template"] = "given",
         rare_templates: int | None = None,
+        atom_mapping: Literal["given", "rxnmapper"] = "given",
+        mapping_cache_dir: str | None = None,
         max_tokens: int = 4096,
         max_batch: int | None = None,
         eval_batch_size: int = 64,
@@ -409,7 +512,24 @@ class USPTODataModule(LightningDataModule):
         path = self.data_dir / name
         if not path.is_file():
             raise missing_data_error("USPTO-50k", self.data_dir, "uspto", None)
+        if self.hparams.atom_mapping == "rxnmapper" and not _first_reaction_mapped(path):
+            return self._mapped_copy(path)
         return path
+
+    def _mapped_copy(self, path: Path) -> Path:
+        """The rxnmapper-mapped copy of ``path`` in the cache (made once)."""
+        cache = resolve_data_dir(self.hparams.mapping_cache_dir, "uspto_50k_rxnmapper")
+        dst = cache / f"{path.stem}.{_file_digest(path)}.rxnmapper.csv"
+        if not dst.is_file():
+            mapped, failed = map_reaction_file(path, dst)
+            log.info("rxnmapper: %d reactions mapped, %d could not be mapped; cached as %s", mapped, failed, dst)
+        return dst
+
+    def prepare_data(self) -> None:
+        # rank 0 of each node maps the unmapped files once (rxnmapper); the other ranks then read the cache
+        if self.hparams.atom_mapping == "rxnmapper":
+            for split in ("train", "val", "test"):
+                self._path(split)
 
     def reactions(self, split: str) -> list[Reaction]:
         """Canonical reactions of a split (``train``/``val``/``test``), invalid lines skipped and counted."""
@@ -437,15 +557,20 @@ class USPTODataModule(LightningDataModule):
         reactions, skipped = read_reactions(path)
         self.skipped[split] = skipped
         unmapped = sum(r.mapped is None for r in reactions)
-        if unmapped:
+        if unmapped and self.hparams.atom_mapping == "rxnmapper":
+            log.warning("%s: %d of %d reactions could not be atom-mapped by rxnmapper: no template for them", path,
+                        unmapped, len(reactions))
+        elif unmapped:
             raise ValueError(
                 f"{path}: {unmapped} of {len(reactions)} reactions have no atom maps; the template split, the "
                 "rare-template subset and template pre-training need atom-mapped reactions (map the training file "
-                "first, e.g. with rxnmapper, and pass it as --data.init_args.train_file)")
+                "first: --data.init_args.atom_mapping=rxnmapper maps it once with rxnmapper and caches it)")
         return reactions
 
     def _template_of(self, r: Reaction) -> str | None:
         cache = self.templates()
+        if r.mapped is None:
+            return None
         key = f"{r.id}|{r.mapped}"
         if key not in cache:
             cache[key] = extract_template(r.mapped, r.id)
@@ -612,5 +737,6 @@ def token_count(batch: dict) -> int:
 
 __all__ = [
     "CLASS_NAMES", "Reaction", "SMILES_REGEX", "TokenBudgetBatchSampler", "USPTODataModule", "Vocabulary",
-    "random_disconnections", "random_smiles", "read_reactions", "tokenize",
+    "map_reaction_file", "map_reactions", "random_disconnections", "random_smiles", "read_reactions", "strip_maps",
+    "tokenize",
 ]

@@ -219,3 +219,65 @@ def test_template_options_need_atom_maps(tmp_path: Path) -> None:
         (folder / f"raw_{split}.csv").write_text(header + "R2,2,CC(=O)O.NC>>CNC(C)=O\n")
     with pytest.raises(ValueError, match="atom maps"):
         USPTODataModule(data_dir=str(folder), split="template").reactions("train")
+
+
+def _unmapped_copy(tmp_path: Path, n: int = 3) -> Path:
+    """A data folder whose training file holds ``n`` sample reactions with their atom maps stripped."""
+    from datamodules.uspto import strip_maps
+
+    src = uspto_sample() / "uspto_50k"
+    folder = tmp_path / "uspto_50k"
+    folder.mkdir()
+    with open(src / "raw_train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    col = "reactants>reagents>production"
+    lines = ["id,class,reactants>reagents>production"]
+    for r in rows:
+        reac, _, prod = r[col].split(">")
+        lines.append(f"{r['id']},{r['class']},{strip_maps(reac)}>>{strip_maps(prod)}")
+    (folder / "raw_train.csv").write_text("\n".join(lines) + "\n")
+    for split in ("val", "test"):
+        (folder / f"raw_{split}.csv").write_text((src / f"raw_{split}.csv").read_text())
+    return folder
+
+
+def test_rxnmapper_maps_training_file_once_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("rxnmapper")
+    import datamodules.uspto as uspto
+
+    folder = _unmapped_copy(tmp_path)
+    cache = tmp_path / "cache"
+    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(cache))
+    dm.prepare_data()
+    mapped_files = list(cache.glob("raw_train.*.rxnmapper.csv"))
+    assert len(mapped_files) == 1 and dm._path("train") == mapped_files[0]
+    assert dm._path("val") == folder / "raw_val.csv"  # already mapped: used as is
+    plain = USPTODataModule(data_dir=str(folder)).reactions("train")
+    train = dm.reactions("train")
+    assert len(train) == 3 and all(r.mapped is not None for r in train)
+    # same canonical reactions as the unmapped file; every product atom carries a map number
+    assert [(r.product, r.reactants) for r in train] == [(r.product, r.reactants) for r in plain]
+    for r in train:
+        prod = Chem.MolFromSmiles(r.mapped.split(">")[2])
+        assert all(a.GetAtomMapNum() > 0 for a in prod.GetAtoms())
+        assert dm._template_of(r) is not None  # the template options now work on these reactions
+
+    # a second DataModule reads the cache: rxnmapper is not run again
+    def no_mapping(*args, **kwargs):
+        raise AssertionError("mapped twice")
+
+    monkeypatch.setattr(uspto, "map_reaction_file", no_mapping)
+    again = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(cache))
+    again.prepare_data()
+    assert [r.mapped for r in again.reactions("train")] == [r.mapped for r in train]
+
+
+def test_rxnmapper_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    folder = _unmapped_copy(tmp_path, n=1)
+    monkeypatch.setitem(sys.modules, "rxnmapper", None)  # import rxnmapper -> ImportError
+    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ImportError, match="pip install 'rxnmapper"):
+        dm.prepare_data()
+    assert not list((tmp_path / "c").glob("*.csv"))  # nothing half-written

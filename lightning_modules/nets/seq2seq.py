@@ -104,56 +104,90 @@ class Seq2SeqTransformer(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def _heads(self, x: Tensor) -> Tensor:
-        B, T, d = x.shape
+        """``(R, T, d)`` -> ``(R, heads, T, d / heads)``."""
+        R, T, d = x.shape
         h = self.transformer.decoder.layers[0].self_attn.num_heads
-        return x.view(B, T, h, d // h).transpose(1, 2)
+        return x.view(R, T, h, d // h).transpose(1, 2)
 
     @staticmethod
-    def _proj(mha: nn.MultiheadAttention, x: Tensor, part: int) -> Tensor:
+    def _proj(mha: nn.MultiheadAttention, x: Tensor, part: int, parts: int = 1) -> Tensor:
+        """Rows ``part .. part + parts`` (in units of ``d``) of the packed input projection applied to ``x``."""
         d = mha.embed_dim
-        b = mha.in_proj_bias[part * d : (part + 1) * d] if mha.in_proj_bias is not None else None
-        return F.linear(x, mha.in_proj_weight[part * d : (part + 1) * d], b)
+        sl = slice(part * d, (part + parts) * d)
+        return F.linear(x, mha.in_proj_weight[sl], mha.in_proj_bias[sl] if mha.in_proj_bias is not None else None)
 
     def init_cache(self, memory: Tensor, memory_mask: Tensor) -> dict:
-        """Key/value cache for incremental decoding: cross-attention K/V computed once, self-attention
-        K/V appended one position per step (exactly what the full decoder computes, in eval mode)."""
-        cache: dict = {"cross": [], "self": [], "mask": ~memory_mask[:, None, None, :]}
+        """Decoding cache. Cross-attention K/V are computed once per *product* ``(B, heads, S, d_h)`` and shared by
+        its beams (the beams of a product are the query rows of one attention call, so they are never copied);
+        self-attention K/V live in per-layer buffers ``(rows, heads, capacity, d_h)`` filled one position per step
+        and gathered by parent hypothesis when the beams are re-ranked."""
+        n = len(self.transformer.decoder.layers)
+        cache: dict = {"cross": [], "self": [None] * n, "spare": [None] * n, "mask": ~memory_mask[:, None, None, :]}
         for layer in self.transformer.decoder.layers:
-            ca = layer.multihead_attn
-            cache["cross"].append((self._heads(self._proj(ca, memory, 1)), self._heads(self._proj(ca, memory, 2))))
-            cache["self"].append(None)
+            kv = self._proj(layer.multihead_attn, memory, 1, 2)
+            cache["cross"].append((self._heads(kv[..., : self.d_model]), self._heads(kv[..., self.d_model :])))
         return cache
 
     @staticmethod
-    def reorder_cache(cache: dict, index: Tensor) -> dict:
-        cache["cross"] = [(k[index], v[index]) for k, v in cache["cross"]]
-        cache["self"] = [None if kv is None else (kv[0][index], kv[1][index]) for kv in cache["self"]]
-        cache["mask"] = cache["mask"][index]
+    def select_products(cache: dict, keep: Tensor) -> dict:
+        """Keep only the products ``keep`` (indices) in the cross-attention part of the cache."""
+        cache["cross"] = [(k[keep], v[keep]) for k, v in cache["cross"]]
+        cache["mask"] = cache["mask"][keep]
         return cache
 
-    def decode_step(self, tokens: Tensor, cache: dict, z: Tensor | None = None) -> Tensor:
-        """Logits ``(B, V)`` of the next token given the last input token of each row (``tokens``: (B, t))."""
+    @staticmethod
+    def reorder_rows(cache: dict, index: Tensor) -> dict:
+        """Self-attention K/V of row ``index[r]`` become row ``r``.
+
+        Gathered into a second, preallocated pair of buffers that then swaps with the first: one copy per step and
+        no fresh allocation (buffers of tens of MB would be mapped and zeroed by the OS at every step)."""
+        for i, kv in enumerate(cache["self"]):
+            if kv is None:
+                continue
+            spare = cache["spare"][i]
+            if spare is None or spare[0].shape[1:] != kv[0].shape[1:] or spare[0].shape[0] < len(index):
+                spare = tuple(torch.empty_like(b) for b in kv)
+            out = tuple(b[: len(index)] for b in spare)
+            for b, o in zip(kv, out):
+                torch.index_select(b, 0, index, out=o)
+            cache["self"][i], cache["spare"][i] = out, kv
+        return cache
+
+    def decode_step(self, last: Tensor, t: int, cache: dict, z: Tensor | None = None) -> Tensor:
+        """Logits ``(R, V)`` of position ``t + 1`` given the last token ``last`` ``(R,)`` of every hypothesis.
+
+        The ``R`` rows are the beams of the cache's products, product-major (``R = products x beams``)."""
         if self.training:
             raise RuntimeError("incremental decoding runs in eval mode (no dropout)")
-        t = tokens.shape[1] - 1
-        x = self.embed(tokens[:, -1:]) * math.sqrt(self.d_model)
+        R, d = last.shape[0], self.d_model
+        n_prod = cache["mask"].shape[0]
+        beams = R // n_prod
         if t == 0 and self.latent is not None:
-            x = (self.latent(z) * math.sqrt(self.d_model)).unsqueeze(1)
+            x = (self.latent(z) * math.sqrt(d)).unsqueeze(1)
+        else:
+            x = self.embed(last[:, None]) * math.sqrt(d)
         x = x + self.pos.pe[t].view(1, 1, -1)
-        B, d = x.shape[0], self.d_model
         for i, layer in enumerate(self.transformer.decoder.layers):
             sa, ca = layer.self_attn, layer.multihead_attn
-            q, k, v = (self._heads(self._proj(sa, x, j)) for j in range(3))
-            if cache["self"][i] is not None:
-                k = torch.cat([cache["self"][i][0], k], dim=2)
-                v = torch.cat([cache["self"][i][1], v], dim=2)
-            cache["self"][i] = (k, v)
-            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, d)
-            x = layer.norm1(x + sa.out_proj(a))
-            q = self._heads(self._proj(ca, x, 0))
+            qkv = self._proj(sa, x, 0, 3)
+            q, k, v = (self._heads(qkv[..., j * d : (j + 1) * d]) for j in range(3))
+            buf = cache["self"][i]
+            if buf is None or buf[0].shape[2] <= t:  # grow the buffers by 16 positions
+                cap = t + 16
+                new = tuple(k.new_empty(R, k.shape[1], cap, k.shape[3]) for _ in range(2))
+                if buf is not None:
+                    for b_new, b_old in zip(new, buf):
+                        b_new[:, :, :t] = b_old[:, :, :t]
+                buf = cache["self"][i] = new
+            buf[0][:, :, t : t + 1] = k
+            buf[1][:, :, t : t + 1] = v
+            a = F.scaled_dot_product_attention(q, buf[0][:, :, : t + 1], buf[1][:, :, : t + 1])
+            x = layer.norm1(x + sa.out_proj(a.transpose(1, 2).reshape(R, 1, d)))
+            # cross-attention: the beams of one product are the query rows against its memory
+            q = self._heads(self._proj(ca, x, 0).view(n_prod, beams, d))
             ck, cv = cache["cross"][i]
-            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cache["mask"]).transpose(1, 2).reshape(B, 1, d)
-            x = layer.norm2(x + ca.out_proj(a))
+            a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cache["mask"])
+            x = layer.norm2(x + ca.out_proj(a.transpose(1, 2).reshape(R, 1, d)))
             x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
         if self.transformer.decoder.norm is not None:
             x = self.transformer.decoder.norm(x)
@@ -167,7 +201,8 @@ class Seq2SeqTransformer(nn.Module):
 
     @torch.no_grad()
     def greedy(self, src: Tensor, max_len: int = 200, z: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Greedy decoding: tokens ``(B, L)`` (starting after ``<bos>``, padded after ``<eos>``) and log-probs."""
+        """Greedy decoding with the full (uncached) decoder: tokens ``(B, L)`` (starting after ``<bos>``, padded
+        after ``<eos>``) and log-probs. Kept deliberately simple: it is the reference the beam search is tested on."""
         memory, mask = self.encode(src)
         B = src.shape[0]
         seqs = torch.full((B, 1), self.bos_idx, dtype=torch.long, device=src.device)
@@ -193,56 +228,72 @@ class Seq2SeqTransformer(nn.Module):
         length_penalty: float = 0.0,
         z: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Beam search batched over products: all ``B * beam_size`` hypotheses advance in one decoder call.
+        """Beam search batched over products: the ``products x beam_size`` live hypotheses advance in one
+        incremental decoder call per step (K/V cache; eval mode).
 
-        Returns tokens ``(B, beam, L)`` (after ``<bos>``; padded after ``<eos>``) and scores ``(B, beam)``,
-        sorted best first. Scores are summed log-probabilities, divided by the GNMT length penalty
-        ``((5 + len) / 6) ** length_penalty`` when ``length_penalty > 0`` (0 = no normalisation).
+        A product leaves the batch as soon as all its beams have emitted ``<eos>`` (so a batch costs what its
+        unfinished products cost, not what its longest product costs); its cross-attention memory is shared by its
+        beams, never copied per beam. Returns tokens ``(B, beam, L)`` (after ``<bos>``; padded after ``<eos>``) and
+        scores ``(B, beam)``, sorted best first. Scores are summed log-probabilities, divided by the GNMT length
+        penalty ``((5 + len) / 6) ** length_penalty`` when ``length_penalty > 0`` (0 = no normalisation).
         """
+        if self.training:
+            raise RuntimeError("beam search runs in eval mode: call .eval() first")
         B, device, k = src.shape[0], src.device, beam_size
         memory, mask = self.encode(src)
-        memory = memory.repeat_interleave(k, dim=0)
-        mask = mask.repeat_interleave(k, dim=0)
+        cache = self.init_cache(memory, mask)
         zz = z.repeat_interleave(k, dim=0) if z is not None else None
-        cache = self.init_cache(memory, mask) if not self.training else None
-        seqs = torch.full((B * k, 1), self.bos_idx, dtype=torch.long, device=device)
+        out_tokens = torch.full((B, k, max_len), self.pad_idx, dtype=torch.long, device=device)
+        out_scores = torch.zeros(B, k, device=device)
+        out_lengths = torch.zeros(B, k, device=device)
+        active = torch.arange(B, device=device)  # products still decoding
+        seqs = torch.empty(B * k, 0, dtype=torch.long, device=device)  # generated tokens of the active rows
+        last = torch.full((B * k,), self.bos_idx, dtype=torch.long, device=device)
         scores = torch.full((B, k), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start identical: keep one alive
-        done = torch.zeros(B * k, dtype=torch.bool, device=device)
-        lengths = torch.zeros(B * k, device=device)
-        for _ in range(max_len):
-            if cache is not None:
-                logits = self.decode_step(seqs, cache, zz)
-            else:
-                logits = self.decode(seqs, memory, mask, zz)[:, -1]
-            logp = self._forbid(logits).log_softmax(-1).float()  # (B*k, V)
-            V = logp.shape[-1]
+        done = torch.zeros(B, k, dtype=torch.bool, device=device)
+        lengths = torch.zeros(B, k, device=device)
+        steps = 0
+        for t in range(max_len):
+            steps = t + 1
+            logp = self._forbid(self.decode_step(last, t, cache, zz)).log_softmax(-1).float()  # (Ba*k, V)
+            Ba, V = scores.shape[0], logp.shape[-1]
             # a finished hypothesis extends only with <pad> at no cost
             finished_row = torch.full((V,), float("-inf"), device=device)
             finished_row[self.pad_idx] = 0.0
-            logp = torch.where(done[:, None], finished_row[None], logp)
-            cand = (scores.view(B * k, 1) + logp).view(B, k * V)
-            top, idx = cand.topk(k, dim=1)
-            beam = idx // V
+            logp = torch.where(done.view(-1, 1), finished_row[None], logp)
+            top, idx = (scores.view(-1, 1) + logp).view(Ba, k * V).topk(k, dim=1)
+            parent = idx // V + torch.arange(Ba, device=device)[:, None] * k  # (Ba, k) row of the parent
             tok = idx % V
-            flat = (beam + torch.arange(B, device=device)[:, None] * k).view(-1)
+            flat = parent.view(-1)
             seqs = torch.cat([seqs[flat], tok.view(-1, 1)], dim=1)
-            if cache is not None:
-                cache = self.reorder_cache(cache, flat)
-            prev_done = done[flat]
-            lengths = lengths[flat] + (~prev_done).float()
-            done = prev_done | (tok.view(-1) == self.eos_idx)
+            prev_done = done.view(-1)[flat].view(Ba, k)
+            lengths = lengths.view(-1)[flat].view(Ba, k) + (~prev_done).float()
+            done = prev_done | (tok == self.eos_idx)
             scores = top
-            if done.all():
-                break
-        final = scores
+            finished = done.all(dim=1)
+            if bool(finished.any()):
+                fin = active[finished]
+                out_tokens[fin, :, :steps] = seqs.view(Ba, k, -1)[finished]
+                out_scores[fin], out_lengths[fin] = scores[finished], lengths[finished]
+                keep = (~finished).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+                active, scores, done, lengths = active[keep], scores[keep], done[keep], lengths[keep]
+                seqs, flat, tok = seqs[rows], flat[rows], tok[keep]
+                cache = self.select_products(cache, keep)
+            last = tok.reshape(-1)
+            cache = self.reorder_rows(cache, flat)
+        else:  # max_len reached: the products still active end here
+            out_tokens[active, :, :steps] = seqs.view(len(active), k, -1)
+            out_scores[active], out_lengths[active] = scores, lengths
+        seqs, final = out_tokens[:, :, :steps], out_scores
         if length_penalty > 0:
-            lp = ((5.0 + lengths) / 6.0) ** length_penalty
-            final = scores / lp.view(B, k)
-            final, order = final.sort(dim=1, descending=True)
-            seqs = seqs.view(B, k, -1).gather(1, order[:, :, None].expand(-1, -1, seqs.shape[1]))
-            return seqs[:, :, 1:], final
-        return seqs.view(B, k, -1)[:, :, 1:], final
+            final = final / ((5.0 + out_lengths) / 6.0) ** length_penalty
+        final, order = final.sort(dim=1, descending=True, stable=True)
+        seqs = seqs.gather(1, order[:, :, None].expand(-1, -1, seqs.shape[2]))
+        return seqs, final
 
 
 def sequence_nll(logits: Tensor, target: Tensor, pad_idx: int = 0) -> Tensor:
