@@ -117,12 +117,17 @@ class Seq2SeqTransformer(nn.Module):
         return F.linear(x, mha.in_proj_weight[sl], mha.in_proj_bias[sl] if mha.in_proj_bias is not None else None)
 
     def init_cache(self, memory: Tensor, memory_mask: Tensor) -> dict:
-        """Decoding cache. Cross-attention K/V are computed once per *product* ``(B, heads, S, d_h)`` and shared by
-        its beams (the beams of a product are the query rows of one attention call, so they are never copied);
-        self-attention K/V live in per-layer buffers ``(rows, heads, capacity, d_h)`` filled one position per step
-        and gathered by parent hypothesis when the beams are re-ranked."""
+        """Decoding cache of the products being decoded (their beams are the rows, product-major).
+
+        Cross-attention K/V are computed once per *product* ``(P, heads, S, d_h)``: the beams of a product are the
+        query rows of one attention call against them, never copied per beam. Self-attention K/V are appended in
+        place, per product, one slot per (step, beam) ``(P, heads, steps x beams, d_h)``, and are never reordered
+        when the beams are re-ranked: ``anc[p, i, s]`` (the beam slot that hypothesis ``i``'s ancestor held at step
+        ``s``) masks each hypothesis's attention to its own history. Re-ranking then only gathers ``anc`` (a few
+        integers) instead of copying every hypothesis's K/V history at every step, which dominated batched decoding.
+        """
         n = len(self.transformer.decoder.layers)
-        cache: dict = {"cross": [], "self": [None] * n, "spare": [None] * n, "mask": ~memory_mask[:, None, None, :]}
+        cache: dict = {"cross": [], "self": [None] * n, "anc": None, "mask": ~memory_mask[:, None, None, :]}
         for layer in self.transformer.decoder.layers:
             kv = self._proj(layer.multihead_attn, memory, 1, 2)
             cache["cross"].append((self._heads(kv[..., : self.d_model]), self._heads(kv[..., self.d_model :])))
@@ -130,61 +135,63 @@ class Seq2SeqTransformer(nn.Module):
 
     @staticmethod
     def select_products(cache: dict, keep: Tensor) -> dict:
-        """Keep only the products ``keep`` (indices) in the cross-attention part of the cache."""
+        """Keep only the products ``keep`` (indices) in the cache (finished products leave the batch)."""
         cache["cross"] = [(k[keep], v[keep]) for k, v in cache["cross"]]
+        cache["self"] = [None if kv is None else (kv[0][keep], kv[1][keep]) for kv in cache["self"]]
         cache["mask"] = cache["mask"][keep]
+        if cache["anc"] is not None:
+            cache["anc"] = cache["anc"][keep]
         return cache
 
     @staticmethod
     def reorder_rows(cache: dict, index: Tensor) -> dict:
-        """Self-attention K/V of row ``index[r]`` become row ``r``.
-
-        Gathered into a second, preallocated pair of buffers that then swaps with the first: one copy per step and
-        no fresh allocation (buffers of tens of MB would be mapped and zeroed by the OS at every step)."""
-        for i, kv in enumerate(cache["self"]):
-            if kv is None:
-                continue
-            spare = cache["spare"][i]
-            if spare is None or spare[0].shape[1:] != kv[0].shape[1:] or spare[0].shape[0] < len(index):
-                spare = tuple(torch.empty_like(b) for b in kv)
-            out = tuple(b[: len(index)] for b in spare)
-            for b, o in zip(kv, out):
-                torch.index_select(b, 0, index, out=o)
-            cache["self"][i], cache["spare"][i] = out, kv
+        """Hypothesis ``r`` continues the hypothesis in row ``index[r]`` (rows product-major, beams of a product
+        contiguous; ``index`` stays within each product): its ancestry becomes that row's."""
+        anc = cache["anc"]
+        P, k, cap = anc.shape
+        cache["anc"] = anc.gather(1, (index % k).view(P, k, 1).expand(-1, -1, cap))
         return cache
 
     def decode_step(self, last: Tensor, t: int, cache: dict, z: Tensor | None = None) -> Tensor:
-        """Logits ``(R, V)`` of position ``t + 1`` given the last token ``last`` ``(R,)`` of every hypothesis.
-
-        The ``R`` rows are the beams of the cache's products, product-major (``R = products x beams``)."""
+        """Logits ``(R, V)`` of position ``t + 1`` given the last token ``last`` ``(R,)`` of every hypothesis
+        (``R = products x beams``, product-major; eval mode). Exactly what the full decoder computes."""
         if self.training:
             raise RuntimeError("incremental decoding runs in eval mode (no dropout)")
-        R, d = last.shape[0], self.d_model
-        n_prod = cache["mask"].shape[0]
-        beams = R // n_prod
+        R, d, dev = last.shape[0], self.d_model, last.device
+        P = cache["mask"].shape[0]
+        k = R // P
         if t == 0 and self.latent is not None:
             x = (self.latent(z) * math.sqrt(d)).unsqueeze(1)
         else:
             x = self.embed(last[:, None]) * math.sqrt(d)
         x = x + self.pos.pe[t].view(1, 1, -1)
+        anc = cache["anc"]
+        if anc is None or anc.shape[2] <= t:  # grow by 16 steps
+            grown = torch.zeros(P, k, t + 16, dtype=torch.long, device=dev)
+            if anc is not None:
+                grown[:, :, :t] = anc[:, :, :t]
+            anc = cache["anc"] = grown
+        anc[:, :, t] = torch.arange(k, device=dev)  # this step: hypothesis i writes slot i
+        # (P, 1, k, (t + 1) * k): hypothesis i sees slot j of step s iff its ancestor at step s held slot j
+        own = (anc[:, :, : t + 1, None] == torch.arange(k, device=dev)).view(P, 1, k, (t + 1) * k)
+        n = (t + 1) * k
         for i, layer in enumerate(self.transformer.decoder.layers):
             sa, ca = layer.self_attn, layer.multihead_attn
-            qkv = self._proj(sa, x, 0, 3)
-            q, k, v = (self._heads(qkv[..., j * d : (j + 1) * d]) for j in range(3))
+            h = sa.num_heads
+            qkv = self._proj(sa, x, 0, 3).view(P, k, 3, h, d // h)
+            q, kk, vv = (qkv[:, :, j].transpose(1, 2) for j in range(3))  # (P, heads, k, d_h)
             buf = cache["self"][i]
-            if buf is None or buf[0].shape[2] <= t:  # grow the buffers by 16 positions
-                cap = t + 16
-                new = tuple(k.new_empty(R, k.shape[1], cap, k.shape[3]) for _ in range(2))
+            if buf is None or buf[0].shape[2] < n:  # grow by 16 steps
+                grown = tuple(kk.new_empty(P, h, (t + 16) * k, d // h) for _ in range(2))
                 if buf is not None:
-                    for b_new, b_old in zip(new, buf):
-                        b_new[:, :, :t] = b_old[:, :, :t]
-                buf = cache["self"][i] = new
-            buf[0][:, :, t : t + 1] = k
-            buf[1][:, :, t : t + 1] = v
-            a = F.scaled_dot_product_attention(q, buf[0][:, :, : t + 1], buf[1][:, :, : t + 1])
+                    for b_new, b_old in zip(grown, buf):
+                        b_new[:, :, : t * k] = b_old[:, :, : t * k]
+                buf = cache["self"][i] = grown
+            buf[0][:, :, t * k : n] = kk
+            buf[1][:, :, t * k : n] = vv
+            a = F.scaled_dot_product_attention(q, buf[0][:, :, :n], buf[1][:, :, :n], attn_mask=own)
             x = layer.norm1(x + sa.out_proj(a.transpose(1, 2).reshape(R, 1, d)))
-            # cross-attention: the beams of one product are the query rows against its memory
-            q = self._heads(self._proj(ca, x, 0).view(n_prod, beams, d))
+            q = self._heads(self._proj(ca, x, 0).view(P, k, d))
             ck, cv = cache["cross"][i]
             a = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cache["mask"])
             x = layer.norm2(x + ca.out_proj(a.transpose(1, 2).reshape(R, 1, d)))
@@ -232,8 +239,8 @@ class Seq2SeqTransformer(nn.Module):
         incremental decoder call per step (K/V cache; eval mode).
 
         A product leaves the batch as soon as all its beams have emitted ``<eos>`` (so a batch costs what its
-        unfinished products cost, not what its longest product costs); its cross-attention memory is shared by its
-        beams, never copied per beam. Returns tokens ``(B, beam, L)`` (after ``<bos>``; padded after ``<eos>``) and
+        unfinished products cost, not what its longest product costs); no K/V is copied when beams are re-ranked
+        (see ``init_cache``). Returns tokens ``(B, beam, L)`` (after ``<bos>``; padded after ``<eos>``) and
         scores ``(B, beam)``, sorted best first. Scores are summed log-probabilities, divided by the GNMT length
         penalty ``((5 + len) / 6) ** length_penalty`` when ``length_penalty > 0`` (0 = no normalisation).
         """

@@ -1,0 +1,166 @@
+"""Base and mixture SMILES Transformers trained on the real USPTO-50k training split, tested on the real test split.
+
+One command for a session with a lent GPU (15 minutes of device time in all, start-up included): both models are
+trained at the Molecular Transformer's sizes for ``--budget-s`` seconds of wall clock each (by default at the same
+time, as two processes sharing the GPU, so the CPU-bound parts overlap), then tested with beam search (beam 10) on
+all 5,007 test products; prints top-1/3/5/10, the invalid fraction and unique-classes@10 beside the paper's
+numbers, writes TensorBoard runs (``train/loss`` curves) and a JSON under ``--out``. Only RDKit has to be added to
+the device's image (this script does not import the CLI, so none of the other papers' packages are needed).
+
+On the device (``run``: ``timeout_s=600``; budget: ~1.5 min start-up, ~1 min data, 2 x 150 s training in
+parallel, ~2-3 min classifier + beam-search test):
+
+    # here, once:  echo /.whl/ >> .git/info/exclude; mkdir -p data && cp -r ../shared/data/uspto_50k data/
+    #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+    #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl rdkit==2025.9.3
+    # run(carry=[".whl", "data/uspto_50k"], timeout_s=600, command=
+    #   "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
+    #    PYTHONUNBUFFERED=1 python3 benchmarks/retro_real_gpu.py --out $OUT 2>&1 | tee $OUT/retro_real.log")
+
+CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
+
+    flock /tmp/paperzoo-cpu.lock python benchmarks/retro_real_gpu.py --budget-s 10 --train-subset 300 \\
+        --eval-subset 8 --sequential --out /tmp/retro_real_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+KEYS = ["test/top1_acc", "test/top3_acc", "test/top5_acc", "test/top10_acc", "test/invalid_frac",
+        "test/unique_classes@10"]
+# Chen et al. (USPTO-50k, reaction class unknown, Table 2/3 of the paper as read here); unique classes: Table 4
+PAPER = {
+    "base": {"test/top1_acc": 0.42, "test/top10_acc": None, "test/unique_classes@10": 2.66},
+    "mixture": {"test/top1_acc": None, "test/top10_acc": None, "test/unique_classes@10": 3.32},
+}
+
+
+def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
+    import torch
+    from lightning import Trainer, seed_everything
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from datamodules.uspto import USPTODataModule
+    from lightning_modules.retro import RetroTransformer
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    seed_everything(0)
+    gpu = args.accelerator == "gpu"
+    if gpu:
+        torch.set_float32_matmul_precision("high")
+    k = 1 if name == "base" else args.latent
+    start = time.perf_counter()
+    dm = USPTODataModule(data_dir=str(Path(args.data_root) / "uspto_50k"), augment=args.augment,
+                         max_tokens=args.max_tokens, eval_batch_size=args.eval_batch_size,
+                         train_subset=args.train_subset, eval_subset=args.eval_subset, seed=0)
+    model = RetroTransformer(num_latent=k, warmup_steps=args.warmup, noam_factor=args.noam_factor,
+                             max_decode_len=args.max_decode_len, val_decode=False,
+                             classifier_epochs=args.classifier_epochs,
+                             classifier_max_examples=args.classifier_max_examples,
+                             optimizer=partial(torch.optim.Adam, lr=1.0, betas=(0.9, 0.998)))
+    logger = TensorBoardLogger(args.out, name=f"retro_real_{name}", version="", default_hp_metric=False)
+    trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=logger,
+                      max_time={"seconds": args.budget_s}, max_epochs=-1, max_steps=-1, limit_val_batches=0,
+                      num_sanity_val_steps=0, log_every_n_steps=20, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    dm.setup("fit")
+    setup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    train_s = time.perf_counter() - start
+    steps = trainer.global_step
+    start = time.perf_counter()
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    out = {key: float(v) for key, v in metrics.items() if key.startswith("test/")}
+    out.update(setup_s=setup_s, train_s=train_s, test_s=time.perf_counter() - start, steps=steps, latent=k,
+               test_products=len(dm.datasets["test"]), train_examples=len(dm.datasets["train"]),
+               device=torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_root = "data" if (REPO / "data" / "uspto_50k" / "raw_test.csv").is_file() else str(REPO.parent / "shared" / "data")
+    p.add_argument("--data-root", default=default_root, help="folder holding uspto_50k/ (default: data/ or ../shared/data)")
+    p.add_argument("--out", default=None, help="TensorBoard runs + retro_real.json (default: a temporary folder)")
+    p.add_argument("--budget-s", dest="budget_s", type=float, default=150.0, help="training seconds per model")
+    p.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, 32 on the CPU")
+    p.add_argument("--latent", type=int, default=3)
+    p.add_argument("--augment", type=int, default=1)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=16384)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--noam-factor", dest="noam_factor", type=float, default=1.0)
+    p.add_argument("--max-decode-len", dest="max_decode_len", type=int, default=140)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, default=500)
+    p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=5)
+    p.add_argument("--classifier-max-examples", dest="classifier_max_examples", type=int, default=10000)
+    p.add_argument("--train-subset", dest="train_subset", type=int, default=None, help="smoke checks only")
+    p.add_argument("--eval-subset", dest="eval_subset", type=int, default=None, help="smoke checks only")
+    p.add_argument("--only", choices=["base", "mixture"], default=None)
+    p.add_argument("--work", default=None, help="per-model logs and JSON of the parallel runs (default: a temp dir; "
+                   "kept out of --out so that a device's $OUT holds at most 8 files)")
+    p.add_argument("--sequential", action="store_true", help="one model after the other in this process")
+    args = p.parse_args(argv)
+    args.precision = args.precision or ("bf16-mixed" if args.accelerator == "gpu" else "32-true")
+    args.out = args.out or tempfile.mkdtemp(prefix="retro_real_")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    names = [args.only] if args.only else ["base", "mixture"]
+    results: dict[str, dict] = {}
+    if args.only or args.sequential:
+        for name in names:
+            results[name] = train_and_test(name, args)
+            print(name, json.dumps(results[name]), flush=True)
+    else:  # both at once on the one GPU: two processes, each writes its JSON
+        work = Path(args.work or tempfile.mkdtemp(prefix="retro_real_work_"))
+        procs = []
+        for name in names:
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--only", name,
+                   "--out", args.out, "--work", str(work)]
+            procs.append((name, subprocess.Popen(cmd, stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT)))
+        for name, proc in procs:
+            if proc.wait() != 0:
+                print(f"{name} failed (exit {proc.returncode}); the end of its log ({work}/{name}.log):")
+                print((work / f"{name}.log").read_text()[-3000:])
+            else:
+                results.update(json.loads((work / f"{name}.json").read_text()))
+    if args.only:
+        work = Path(args.work or args.out)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / f"{args.only}.json").write_text(json.dumps(results, indent=2))
+        return
+    (Path(args.out) / "retro_real.json").write_text(json.dumps(results, indent=2))
+    any_r = next(iter(results.values()), {})
+    print(f"\n{Path(args.data_root) / 'uspto_50k'}: {any_r.get('train_examples')} training examples (augment {args.augment}), "
+          f"{any_r.get('test_products')} test products, beam 10; {args.budget_s:.0f} s of training per model on "
+          f"{any_r.get('device')}, {args.precision}; Molecular Transformer sizes; runs in {args.out}")
+    print("| model | steps | " + " | ".join(k.split("/")[1] for k in KEYS) + " | setup s | train s | test s |")
+    print("|---" * (len(KEYS) + 5) + "|")
+    for name, r in results.items():
+        label = "base" if r["latent"] == 1 else f"mixture K={r['latent']}"
+        print(f"| {label} (ours) | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in KEYS)
+              + f" | {r['setup_s']:.0f} | {r['train_s']:.0f} | {r['test_s']:.0f} |")
+    for name, ref in PAPER.items():
+        print(f"| {name} (paper, full training) | - | "
+              + " | ".join("-" if ref.get(k) is None else f"{ref[k]:.2f}" for k in KEYS) + " | - | - | - |")
+
+
+if __name__ == "__main__":
+    main()
