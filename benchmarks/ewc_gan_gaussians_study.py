@@ -27,7 +27,7 @@ from lightning_modules.gan import GAN
 
 def variants(args) -> dict[str, tuple[dict, object]]:
     """name -> (GAN kwargs, penalty factory or None)."""
-    ewc = dict(lam=args.lam, gamma=args.gamma)
+    ewc = dict(lam=args.lam, gamma=args.gamma, fisher=args.fisher)
     return {
         "GAN": ({}, None),
         "SN-GAN": ({"spectral_norm": True}, None),
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lam", type=float, default=100.0, help="EWC lambda")
     p.add_argument("--is-lam", type=float, default=100.0, help="IS lambda")
     p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--fisher", default="deferred", choices=["deferred", "extra_pass", "last_step"],
+                   help="EWC Fisher minibatch (callbacks.continual): deferred (default) or extra_pass (the earlier default)")
     p.add_argument("--only", nargs="*", default=None, help="run only these variants (names as printed)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         return f"{mean:.3f} ± {std:.3f}"
 
     print(f"\n8 Gaussians, {args.iters} iterations, batch {args.batch_size}, {args.seeds} seeds "
-          f"(EWC lambda={args.lam}, IS lambda={args.is_lam}, gamma={args.gamma}); mean ± std over seeds")
+          f"(EWC lambda={args.lam} fisher={args.fisher}, IS lambda={args.is_lam}, gamma={args.gamma}); mean ± std over seeds")
     print(f"| model | ICP | sym. KL | modes (of 8) | high-quality frac. | it/s |")
     print("|---|---|---|---|---|---|")
     for name, results in rows:

@@ -9,11 +9,17 @@
    ``lightning test``-equivalent: FID and IS in the classifier's features between ``--fid-samples`` images of
    the official test set and as many generated ones.
 Prints one row per run and a table of mean ± std. The runs use the real CLI (``lightning_modules.cli``).
+
+Resumable, to split the study over several shorter runs: with ``--results FILE.jsonl`` every finished run
+is appended to FILE (with its settings) and runs already there (same model, seed and settings) are skipped;
+the classifier is kept at ``--workdir/classifier_mnist/checkpoints/last.ckpt`` and reused. Repeat the same
+command until the table has every seed, e.g. twice under ``timeout 590``; ``--seed-list 0 1`` runs a subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import tempfile
@@ -41,21 +47,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier", default=None, help="an ImageClassifier checkpoint (else one is trained)")
     p.add_argument("--classifier-epochs", type=int, default=1)
     p.add_argument("--base-channels", type=int, default=64)
+    p.add_argument("--seed-list", type=int, nargs="*", default=None, help="run only these seeds (default 0..seeds-1)")
+    p.add_argument("--results", default=None, help="JSONL file: finished runs are appended, runs already there skipped")
+    p.add_argument("--workdir", default=None, help="output folder (default a new temporary one); keeps the classifier")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="ewc_gan_fid_"))
+    tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ewc_gan_fid_"))
+    settings = {"iters": args.iters, "fid_samples": args.fid_samples, "base_channels": args.base_channels}
+    done: list[dict] = []
+    if args.results and Path(args.results).is_file():
+        done = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+        done = [r for r in done if r.get("settings") == settings]
     clf = args.classifier
+    saved_clf = tmp / "classifier_mnist" / "checkpoints" / "last.ckpt"
+    if clf is None and saved_clf.is_file():
+        clf = str(saved_clf)
+        print(f"# feature classifier: reusing {clf}", flush=True)
     if clf is None:
         run = cli(["fit", "--config", str(REPO / "configs/classifier_mnist.yaml"), *QUIET, *out(tmp),
                    f"--trainer.max_epochs={args.classifier_epochs}"])
         clf = str(tmp / "classifier_mnist" / "checkpoints" / "last.ckpt")
         acc = float(run.trainer.callback_metrics.get("val/acc", float("nan")))
         print(f"# feature classifier: {args.classifier_epochs} epoch(s), val/acc {acc:.4f}", flush=True)
+        (tmp / "classifier_acc.txt").write_text(f"{args.classifier_epochs} epoch(s), val/acc {acc:.4f}\n")
+    elif (tmp / "classifier_acc.txt").is_file():
+        print(f"# feature classifier: {(tmp / 'classifier_acc.txt').read_text().strip()}", flush=True)
     results: dict[str, list[dict[str, float]]] = {"DCGAN": [], "EWC-DCGAN": []}
-    for seed in range(args.seeds):
+    for r in done:
+        results[r["model"]].append(r)
+        print(f"# {r['model']} seed {r['seed']}: test FID {r['fid']:.3f}  IS {r['is']:.3f}  {r['it/s']:.1f} it/s "
+              f"(from {args.results})", flush=True)
+    for seed in args.seed_list if args.seed_list is not None else range(args.seeds):
         for name, config in (("DCGAN", "gan_mnist"), ("EWC-DCGAN", "ewc_gan_mnist")):
+            if any(r["model"] == name and r["seed"] == seed for r in done):
+                continue
             common = ["--config", str(REPO / f"configs/{config}.yaml"), *QUIET, *out(tmp / f"{config}_{seed}"),
                       f"--model.init_args.fid_weights={clf}", "--model.init_args.fid_network=classifier",
                       f"--model.init_args.fid_samples={args.fid_samples}",
@@ -65,19 +92,26 @@ def main(argv: list[str] | None = None) -> None:
                        "--trainer.limit_val_batches=0"])
             seconds = time.perf_counter() - start
             (scores,) = run.trainer.test(run.model, datamodule=run.datamodule, verbose=False)
-            row = {"fid": scores["test/fid"], "is": scores["test/is"], "it/s": args.iters / seconds}
+            row = {"model": name, "seed": seed, "fid": scores["test/fid"], "is": scores["test/is"],
+                   "it/s": args.iters / seconds, "settings": settings}
             results[name].append(row)
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
             print(f"# {name} seed {seed}: test FID {row['fid']:.3f}  IS {row['is']:.3f}  {row['it/s']:.1f} it/s", flush=True)
 
     def ms(values):
         mean = sum(values) / len(values)
         return f"{mean:.3f} ± {math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)):.3f}"
 
-    print(f"\nMNIST, {args.iters} iterations, batch 64, {args.seeds} seeds; FID/IS in the MNIST classifier's features "
+    seeds = {name: sorted(r["seed"] for r in rows) for name, rows in results.items()}
+    print(f"\nMNIST, {args.iters} iterations, batch 64, seeds {seeds}; FID/IS in the MNIST classifier's features "
           f"against {args.fid_samples} official test images")
     print("| model | FID (classifier) | IS (classifier) | it/s |")
     print("|---|---|---|---|")
     for name, rows in results.items():
+        if not rows:
+            continue
         print(f"| {name} | {ms([r['fid'] for r in rows])} | {ms([r['is'] for r in rows])} | {ms([r['it/s'] for r in rows])} |")
 
 

@@ -7,8 +7,8 @@
 2. Task t = real MNIST (label 1) versus fake set t (label 0). A fresh discriminator (the foundation's
    ``ImageClassifier``, 2 classes) learns the tasks in order, ``--epochs`` per task, once without a penalty
    and once with :class:`callbacks.continual.EWCPenalty` on the whole network (``target=net``, one task per
-   fit: ``alpha`` = the task's steps, ``gamma=1``; Fisher = mean squared per-sample gradient of the
-   cross-entropy on ``--fisher-samples`` images of the task).
+   fit: ``alpha`` = the task's steps, ``gamma=1``; ``fisher="extra_pass"``: Fisher = mean squared per-sample
+   gradient of the cross-entropy on ``--fisher-samples`` images of the task, at the task's end).
 3. Accuracy on every task's held-out 20% after the last task, and the mean over the earlier tasks.
 The fake data sets are synthetic by construction; the real images come from ``$PAPERZOO_DATA/mnist``.
 """
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(args.seed, verbose=False)
         model = TaskDiscriminator(num_classes=2)
         steps = (len(tasks[0][0][0]) + 63) // 64 * args.epochs
-        penalty = EWCPenalty(target="net", lam=args.lam, alpha=steps, gamma=1.0, log_key="train/ewc_penalty")
+        penalty = EWCPenalty(target="net", lam=args.lam, alpha=steps, gamma=1.0, log_key="train/ewc_penalty",
+                             fisher="extra_pass")  # tasks in separate fits: Fisher on the task's own data
         just_learned = []
         for (train_x, train_y), (test_x, test_y) in tasks:
             model.fisher_batch = (norm(train_x[: args.fisher_samples]), train_y[: args.fisher_samples])

@@ -17,12 +17,29 @@ per parameter.
 
 Importance ``Q``:
 
-* ``fisher`` (:class:`EWCPenalty`): the diagonal empirical Fisher, the squared gradient of a loss on a
-  fresh minibatch at ``theta*_k``. The module provides that loss by defining ``importance_loss(self) -> Tensor``
-  (the GAN modules: the discriminator loss on a real batch and freshly generated samples); a vector of
-  per-sample losses gives the mean of per-sample squared gradients instead (one backward per sample). A module without
-  it, or ``fresh_batch=False``, gets the squared gradient of the task's last step (the gradient already
-  computed: no extra forward/backward pass, the cheap choice for ``alpha=1``).
+* ``fisher`` (:class:`EWCPenalty`): a diagonal empirical-Fisher approximation at ``theta*_k`` from a fresh
+  minibatch (one the task did not train on), chosen by ``fisher``:
+
+  - ``deferred`` (default): the task that ended at ``theta*_k`` is consolidated at the *next* step of the
+    target's optimizer, which computes the module's own loss gradient anyway, at ``theta*_k`` (the target has
+    not moved since), on its new minibatch (for a GAN: new real samples and samples of the current
+    generator). In ``on_before_optimizer_step``, before the penalty gradient is added,
+    ``Q_k = g ** 2`` with ``g`` = that step's gradient, averaged across ranks (DDP's reducer has already
+    averaged ``p.grad``; other multi-process strategies get an explicit all-reduce). The squared *minibatch*
+    gradient is the usual cheap empirical-Fisher diagonal (it differs from the mean of per-sample squared
+    gradients by the per-sample variance term); no extra forward or backward pass. The paper's "forward
+    propagating a new minibatch through the discriminator" is that next step's minibatch. Caveats: the
+    loss is the step's training loss (with WGAN-GP's gradient penalty, if any); a boundary still pending
+    at the end of a fit is saved in the checkpoint and consumed by the next step, so for tasks learned in
+    separate fits (a classifier on data sets in sequence) use ``extra_pass``: the pending boundary would
+    be consumed on the next task's data.
+  - ``extra_pass``: at the boundary, one extra forward/backward of the module's ``importance_loss(self) ->
+    Tensor`` (the GAN modules: the discriminator loss, without gradient penalty, on the previous step's
+    real batch and freshly generated samples). A scalar gives the squared gradient (as ``deferred``); a
+    vector of per-sample losses gives the mean of per-sample squared gradients, the exact empirical-Fisher
+    diagonal (one backward per sample). Gradients are averaged across ranks before squaring.
+  - ``last_step``: the squared gradient of the task's last step (computed at the parameters *before* that
+    step's update, on a batch the task trained on). No extra pass; the cheapest.
 * ``path`` (:class:`ISPenalty`): the path integral ``sum_t -g_t * (theta_{t+1} - theta_t)`` over the task's
   steps, with ``g_t`` the gradient of the module's own loss (before the penalty is added), *without* the
   ``(Delta theta)^2 + xi`` normaliser (the paper drops it). Negative task totals (the task raised the loss
@@ -49,11 +66,13 @@ from typing import Any, Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
 Importance = Literal["fisher", "path", "ones"]
+FisherMode = Literal["deferred", "extra_pass", "last_step"]
 
 
 class ContinualPenalty(Callback):
@@ -67,8 +86,10 @@ class ContinualPenalty(Callback):
         importance: ``fisher`` (EWC), ``path`` (IS) or ``ones``.
         reference: keep the reference term theta* (``False``: P = 0, the penalty pulls towards 0).
         log_key: name of the logged penalty.
-        fresh_batch: ``fisher`` from the module's ``importance_loss()`` (an extra pass on a fresh minibatch);
-            ``False``: from the gradient of the task's last step.
+        fisher: how ``importance="fisher"`` gets its minibatch (module docstring): ``deferred`` (default; the
+            next step's gradient at theta*, no extra pass), ``extra_pass`` (the module's ``importance_loss()``
+            at the boundary; a vector of per-sample losses = exact empirical Fisher) or ``last_step`` (the
+            squared gradient of the task's last step).
     """
 
     def __init__(
@@ -80,7 +101,7 @@ class ContinualPenalty(Callback):
         importance: Importance = "fisher",
         reference: bool = True,
         log_key: str = "train/ewc_penalty",
-        fresh_batch: bool = True,
+        fisher: FisherMode = "deferred",
     ) -> None:
         if alpha < 1:
             raise ValueError(f"alpha (steps per task) must be >= 1, got {alpha}")
@@ -88,9 +109,12 @@ class ContinualPenalty(Callback):
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if importance not in ("fisher", "path", "ones"):
             raise ValueError(f"importance must be fisher, path or ones, got {importance!r}")
+        if fisher not in ("deferred", "extra_pass", "last_step"):
+            raise ValueError(f"fisher must be deferred, extra_pass or last_step, got {fisher!r}")
         self.target, self.lam, self.alpha, self.gamma = target, float(lam), int(alpha), float(gamma)
         self.importance, self.reference, self.log_key = importance, reference, log_key
-        self.fresh_batch = fresh_batch
+        self.fisher = fisher
+        self.pending = False  # deferred Fisher: a task ended; its importance comes from the next step
         self.log_every_step = False  # compute the logged value only on the trainer's logging steps
         self.names: list[str] = []
         self.params: list[nn.Parameter] = []
@@ -126,6 +150,11 @@ class ContinualPenalty(Callback):
             self.P = [torch.zeros_like(s) for s in self.S]
             self.omega = [torch.zeros_like(s) for s in self.S] if self.importance == "path" else []
         self._module, self._trainer = pl_module, trainer
+        if self.importance == "fisher" and self.fisher == "extra_pass" and not hasattr(pl_module, "importance_loss"):
+            raise ValueError(
+                f"{type(self).__name__}(fisher='extra_pass') needs the module to define importance_loss() -> Tensor "
+                f"(the loss on a fresh minibatch); {type(pl_module).__name__} does not: use fisher='deferred'"
+            )
         first = self.params[0]
         owners = [opt for opt in trainer.optimizers if any(q is first for g in opt.param_groups for q in g["params"])]
         if not owners:
@@ -159,8 +188,10 @@ class ContinualPenalty(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if optimizer is not self._optimizer:
             return
+        if self.pending:  # deferred Fisher: this step's gradient is at theta* of the task that just ended
+            self._consolidate_deferred()
         ending = (self.steps + 1) % self.alpha == 0
-        if self.importance == "path" or (ending and self.importance == "fisher" and not self._fresh(pl_module)):
+        if self.importance == "path" or (ending and self.importance == "fisher" and self.fisher == "last_step"):
             self._grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.importance == "path":
             self._theta = [p.detach().clone() for p in self.params]
@@ -188,7 +219,10 @@ class ContinualPenalty(Callback):
                 torch._foreach_addcmul_(self.omega, self._grad, delta, value=-1.0)
             self._theta = None
         if self.steps % self.alpha == 0:
-            self._end_task()
+            if self.importance == "fisher" and self.fisher == "deferred":
+                self.pending = True
+            else:
+                self._end_task()
         if self.importance != "path":
             self._grad = None
 
@@ -199,7 +233,7 @@ class ContinualPenalty(Callback):
         if self.importance == "path":
             return [o.clamp(min=0.0) for o in self.omega]
         module = self._module
-        if self._fresh(module):
+        if self.fisher == "extra_pass":
             with torch.enable_grad():
                 flags = [p.requires_grad for p in self.params]
                 for p in self.params:
@@ -218,8 +252,14 @@ class ContinualPenalty(Callback):
         grads = self._grad or [torch.zeros_like(p) for p in self.params]
         return [g.detach() ** 2 for g in grads]
 
-    def _fresh(self, module) -> bool:
-        return self.fresh_batch and hasattr(module, "importance_loss")
+    def _consolidate_deferred(self) -> None:
+        """Deferred Fisher: Q = (rank-averaged gradient of this step, before the penalty) ** 2 at theta*."""
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and not isinstance(trainer.strategy, DDPStrategy):
+            grads = self._mean_across_ranks(grads)  # DDP's reducer has already averaged p.grad
+        self.consolidate(torch._foreach_mul(grads, grads), [p.detach() for p in self.params])
+        self.pending = False
 
     def _mean_across_ranks(self, tensors: list[Tensor]) -> list[Tensor]:
         trainer = self._trainer
@@ -259,8 +299,9 @@ class ContinualPenalty(Callback):
             "R": self.R,
             "steps": self.steps,
             "tasks": self.tasks,
+            "pending": self.pending,
             "hparams": {"lam": self.lam, "alpha": self.alpha, "gamma": self.gamma, "importance": self.importance,
-                        "reference": self.reference},
+                        "reference": self.reference, "fisher": self.fisher},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -286,10 +327,15 @@ class ContinualPenalty(Callback):
             for dst, src in zip(self.omega, state.get("omega", [])):
                 dst.copy_(src)
         self.R, self.steps, self.tasks = float(state["R"]), int(state["steps"]), int(state["tasks"])
+        self.pending = bool(state.get("pending", False))
 
 
 class EWCPenalty(ContinualPenalty):
-    """Online EWC: importance = diagonal Fisher of the module's ``importance_loss()`` on a fresh minibatch."""
+    """Online EWC: importance = diagonal empirical Fisher on a fresh minibatch (``fisher``: see the module docstring).
+
+    The default ``fisher="deferred"`` costs no extra pass: the importance of the task that ended at theta* is the
+    squared gradient the next step computes anyway at theta*, on its new minibatch.
+    """
 
     def __init__(
         self,
@@ -300,9 +346,9 @@ class EWCPenalty(ContinualPenalty):
         importance: Importance = "fisher",
         reference: bool = True,
         log_key: str = "train/ewc_penalty",
-        fresh_batch: bool = True,
+        fisher: FisherMode = "deferred",
     ) -> None:
-        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fresh_batch)
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fisher)
 
 
 class ISPenalty(ContinualPenalty):
@@ -317,6 +363,6 @@ class ISPenalty(ContinualPenalty):
         importance: Importance = "path",
         reference: bool = True,
         log_key: str = "train/is_penalty",
-        fresh_batch: bool = True,
+        fisher: FisherMode = "deferred",
     ) -> None:
-        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fresh_batch)
+        super().__init__(target, lam, alpha, gamma, importance, reference, log_key, fisher)

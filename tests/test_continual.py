@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,11 @@ class CheckAgainstAutograd(Callback):
 @pytest.mark.parametrize(
     "cls, kwargs, module_kwargs",
     [
-        (RecordingEWC, dict(lam=3.0, alpha=3, gamma=0.8), {}),
-        (RecordingEWC, dict(lam=0.3, alpha=2, gamma=0.9), dict(with_importance_loss=False)),
-        (RecordingEWC, dict(lam=3.0, alpha=4, gamma=0.9), dict(with_importance_loss="per_sample")),
+        (RecordingEWC, dict(lam=0.1, alpha=3, gamma=0.8), {}),  # default: deferred Fisher
+        (RecordingEWC, dict(lam=0.1, alpha=1, gamma=0.9), dict(with_importance_loss=False)),  # deferred, alpha=1
+        (RecordingEWC, dict(lam=3.0, alpha=3, gamma=0.8, fisher="extra_pass"), {}),
+        (RecordingEWC, dict(lam=0.3, alpha=2, gamma=0.9, fisher="last_step"), dict(with_importance_loss=False)),
+        (RecordingEWC, dict(lam=3.0, alpha=4, gamma=0.9, fisher="extra_pass"), dict(with_importance_loss="per_sample")),
         (RecordingIS, dict(lam=5.0, alpha=4, gamma=0.7), {}),
         (RecordingOnes, dict(lam=0.5, alpha=1, gamma=0.9, importance="ones"), {}),  # discounted historical averaging
     ],
@@ -116,14 +119,17 @@ def test_applied_gradient_is_autograd_of_written_penalty(cls, kwargs, module_kwa
     check = CheckAgainstAutograd(penalty, before)
     trainer = Trainer(max_epochs=2, callbacks=[GradSpy(before), penalty, check], **TRAINER)
     trainer.fit(Tiny(**module_kwargs))
-    assert penalty.steps == 16 and penalty.tasks == 16 // kwargs["alpha"]
+    deferred = penalty.importance == "fisher" and penalty.fisher == "deferred"
+    # deferred: the task ending at step 16 waits for step 17 (pending at the end of the fit)
+    assert penalty.steps == 16 and penalty.tasks == (15 if deferred else 16) // kwargs["alpha"]
+    assert penalty.pending == (deferred and 16 % kwargs["alpha"] == 0)
     assert check.checked == 16 - kwargs["alpha"]  # every step after the first task
     assert all(float(s.abs().sum()) > 0 for s in penalty.S)
 
 
 def test_per_sample_fisher_and_tasks_across_fits() -> None:
     """A vector importance loss gives mean squared per-sample gradients; a second fit of the module keeps S, P."""
-    penalty = RecordingEWC(lam=1.0, alpha=8, gamma=1.0)
+    penalty = RecordingEWC(lam=1.0, alpha=8, gamma=1.0, fisher="extra_pass")
     module = Tiny(with_importance_loss="per_sample")
     Trainer(max_epochs=1, callbacks=[penalty], **TRAINER).fit(module)
     (q, theta), = penalty.history
@@ -141,6 +147,71 @@ def test_per_sample_fisher_and_tasks_across_fits() -> None:
     Trainer(max_epochs=1, callbacks=[penalty], **TRAINER).fit(module)  # next task, same module
     assert penalty.tasks == 2 and penalty.steps == 16
     torch.testing.assert_close(penalty.S[0], penalty.history[0][0][0] + penalty.history[1][0][0])
+
+
+class Snapshot(Callback):
+    """A deep copy of the module at the start of training batch ``index`` (before its step)."""
+
+    def __init__(self, index: int) -> None:
+        self.index, self.module = index, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.index:
+            self.module = copy.deepcopy(pl_module)
+
+
+def test_deferred_fisher_is_squared_loss_gradient_at_theta_on_next_batch() -> None:
+    """Deferred Fisher: task 1 ends after step 3 at theta*; Q = (grad of the loss on batch 4 at theta*) ** 2."""
+    penalty = RecordingEWC(lam=1.0, alpha=3, gamma=0.9)
+    assert penalty.fisher == "deferred"
+    snap = Snapshot(index=3)  # batch 4, the first batch task 1 did not train on
+    module = Tiny(with_importance_loss=False)  # no extra pass needed
+    Trainer(max_steps=4, callbacks=[snap, penalty], **TRAINER).fit(module)
+    assert penalty.tasks == 1 and not penalty.pending
+    (q, theta), = penalty.history
+    at = snap.module  # the module after step 3 = theta*, before step 4
+    params = list(at.discriminator.parameters())
+    for t, p in zip(theta, params):
+        assert torch.equal(t, p.detach())
+    x, y = module.x[12:16], module.y[12:16]
+    grads = torch.autograd.grad(F.mse_loss(at.head(at.discriminator(x)), y), params)
+    for qi, g in zip(q, grads):
+        torch.testing.assert_close(qi, g**2)
+    assert float(sum(qi.sum() for qi in q)) > 0
+
+
+def test_deferred_fisher_gan_discriminator_loss_on_next_d_step() -> None:
+    """GAN (manual optimisation): Q = squared D-loss gradient at theta* on the next D step's real and fake batch."""
+    from lightning_modules.gan import GAN
+
+    torch.manual_seed(0)
+    model = GAN(arch="mlp", hidden=16, layers=2, latent_dim=4, fid_network="none", eval_samples=100)
+    calls: list = []
+    d_loss = model.d_loss
+    model.d_loss = lambda real, fake, penalty=True: calls.append((real.clone(), fake.clone())) or d_loss(real, fake, penalty)
+    penalty = RecordingEWC(lam=1.0, alpha=3, gamma=0.9)
+    snap = Snapshot(index=3)
+    data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=16)
+    Trainer(max_epochs=1, limit_val_batches=0, callbacks=[snap, penalty], **TRAINER).fit(model, data)
+    assert penalty.steps == 4 and penalty.tasks == 1 and len(calls) == 4
+    (q, theta), = penalty.history
+    disc = snap.module.discriminator  # D after its 3rd step (the generator stepped too, D did not move)
+    params = list(disc.parameters())
+    for t, p in zip(theta, params):
+        assert torch.equal(t, p.detach())
+    real, fake = calls[3]
+    d_real, d_fake = disc(real), disc(fake)
+    loss = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy_with_logits(
+        d_fake, torch.zeros_like(d_fake))
+    for qi, g in zip(q, torch.autograd.grad(loss, params)):
+        torch.testing.assert_close(qi, g**2)
+
+
+def test_extra_pass_needs_importance_loss() -> None:
+    with pytest.raises(ValueError, match="importance_loss"):
+        Trainer(max_steps=1, callbacks=[EWCPenalty(fisher="extra_pass")], **TRAINER).fit(Tiny(with_importance_loss=False))
+    with pytest.raises(ValueError, match="fisher"):
+        EWCPenalty(fisher="fresh")
 
 
 def test_l2_special_case() -> None:
@@ -165,29 +236,34 @@ def _state(penalty: ContinualPenalty) -> list[torch.Tensor]:
     return [t.clone() for t in penalty.S + penalty.P]
 
 
-@pytest.mark.parametrize("cls", [EWCPenalty, ISPenalty])
-def test_resume_restores_s_and_p(cls, tmp_path: Path) -> None:
-    straight = cls(lam=2.0, alpha=3, gamma=0.9)
+@pytest.mark.parametrize(
+    "cls, kwargs, tasks",  # tasks done after 8 and 16 steps (alpha=4; deferred: the boundary at 8 is pending)
+    [(EWCPenalty, {}, (1, 3)), (EWCPenalty, dict(fisher="extra_pass"), (2, 4)), (ISPenalty, {}, (2, 4))],
+)
+def test_resume_restores_s_and_p(cls, kwargs, tasks, tmp_path: Path) -> None:
+    kwargs = dict(lam=2.0, alpha=4, gamma=0.9, **kwargs)
+    straight = cls(**kwargs)
     Trainer(max_epochs=2, callbacks=[straight], **TRAINER).fit(Tiny())
 
-    first = cls(lam=2.0, alpha=3, gamma=0.9)
+    first = cls(**kwargs)
     trainer = Trainer(max_epochs=1, callbacks=[first], **TRAINER)
     trainer.fit(Tiny())
     trainer.save_checkpoint(tmp_path / "one.ckpt")
     saved = _state(first)
 
     seen: dict = {}
-    resumed = cls(lam=2.0, alpha=3, gamma=0.9)
+    resumed = cls(**kwargs)
 
     class AtStart(Callback):
         def on_train_start(self, trainer, pl_module):
             seen["S_P"], seen["steps"], seen["tasks"] = _state(resumed), resumed.steps, resumed.tasks
+            seen["pending"] = resumed.pending
 
     Trainer(max_epochs=2, callbacks=[resumed, AtStart()], **TRAINER).fit(Tiny(), ckpt_path=tmp_path / "one.ckpt")
-    assert seen["steps"] == 8 and seen["tasks"] == 2
+    assert seen["steps"] == 8 and seen["tasks"] == tasks[0] and seen["pending"] == (tasks[0] == 1)
     for a, b in zip(seen["S_P"], saved):
         torch.testing.assert_close(a, b)
-    assert resumed.steps == straight.steps == 16 and resumed.tasks == straight.tasks == 5
+    assert resumed.steps == straight.steps == 16 and resumed.tasks == straight.tasks == tasks[1]
     for a, b in zip(_state(resumed), _state(straight)):
         torch.testing.assert_close(a, b)  # the resumed run continued the same penalty
     assert resumed.R == pytest.approx(straight.R)
@@ -235,7 +311,9 @@ def test_ddp_ranks_hold_identical_s_and_p(tmp_path: Path) -> None:
     assert set(ranks[0]) == {"EWCPenalty", "ISPenalty"}
     for name in ranks[0]:
         a, b = ranks[0][name], ranks[1][name]
-        assert a["tasks"] == b["tasks"] == (4 if name == "EWCPenalty" else 5)  # 20 D steps per rank
+        # 20 D steps per rank; EWC (deferred Fisher from DDP-averaged gradients): the task ending at step 20 is pending
+        assert a["tasks"] == b["tasks"] == (3 if name == "EWCPenalty" else 5)
+        assert a["pending"] == b["pending"] == (name == "EWCPenalty")
         for key in ("S", "P"):
             for x, y in zip(a[key], b[key]):
                 assert torch.equal(x, y), (name, key)

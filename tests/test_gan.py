@@ -62,7 +62,8 @@ def test_ewc_gan_gaussians_logs_scores_and_penalty(tmp_path: Path) -> None:
     assert "samples/histogram" in plugin_tags(log_dir, "images")
     ckpt = torch.load(tmp_path / "ewc_gan_gaussians" / "checkpoints" / "last.ckpt", weights_only=False)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("EWCPenalty")]
-    assert state["tasks"] == 6 and len(state["S"]) == 6  # 30 D steps / alpha 5; 3 Linear layers x (weight, bias)
+    # 30 D steps / alpha 5 = 6 tasks; the deferred Fisher of the 6th comes from step 31 (pending in the checkpoint)
+    assert state["tasks"] == 5 and state["pending"] and len(state["S"]) == 6  # 3 Linear layers x (weight, bias)
 
 
 def test_ewc_gan_mnist_logs_samples_and_fid(sample_data: Path, tmp_path: Path) -> None:
@@ -88,6 +89,47 @@ def test_gan_mnist_classifier_fid(sample_data: Path, tmp_path: Path) -> None:
     logged = scalars(log_dir)
     assert logged["val/fid"][-1][1] > 0 and 1.0 <= logged["val/is"][-1][1] <= 10.0
     assert "samples/fixed_noise" in plugin_tags(log_dir, "images")
+
+
+def _random_inception_file(path: Path) -> Path:
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    return path
+
+
+def test_inception_weights_file_loads(tmp_path: Path) -> None:
+    """inception_v3_features loads a torchvision Inception-v3 state dict file: its weights, 2048-d pooled features."""
+    from metrics.generative import inception_v3_features
+
+    weights = _random_inception_file(tmp_path / "inception_v3_random.pth")
+    state = torch.load(weights, weights_only=True)
+    net = inception_v3_features(str(weights))
+    assert torch.equal(net.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
+    assert net.num_features == 2048 and isinstance(net.fc, torch.nn.Identity)
+    head = inception_v3_features(str(weights), logits=True)
+    assert head.num_features == 1000 and torch.equal(head.fc.weight, state["fc.weight"])
+    with torch.no_grad():
+        out = net.eval()(torch.rand(2, 3, 75, 75))  # the smallest input Inception-v3 takes (FID resizes to 299)
+    assert out.shape == (2, 2048) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.slow
+def test_inception_weights_file_gives_finite_fid(tmp_path: Path) -> None:
+    """fid_network=inception end to end (299 px Inception-v3 from a file, randomly initialised): finite FID and IS."""
+    weights = _random_inception_file(tmp_path / "inception_v3_random.pth")
+    model = GAN(arch="dcgan", image_size=32, channels=1, base_channels=8, latent_dim=16, fid_network="inception",
+                fid_weights=str(weights), fid_samples=3, num_grid=4)
+    assert model.fid_kind == "inception"
+    data = DataLoader(TensorDataset(torch.rand(4, 1, 32, 32) * 2 - 1), batch_size=3)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(model, data, verbose=False)
+    assert isinstance(model._metrics["test"]["fid"].inception.net.fc, torch.nn.Identity)  # 2048-d pooled features
+    assert set(model.last_scores) == {"fid", "is"}
+    assert math.isfinite(model.last_scores["fid"]) and model.last_scores["fid"] > 0
+    assert 1.0 <= model.last_scores["is"] <= 1000.0  # 3 images, 1000 random-network classes
+    with pytest.raises(FileNotFoundError, match="Inception-v3 state dict"):
+        GAN(arch="dcgan", image_size=32, fid_network="inception", fid_weights=str(tmp_path / "none.pth"))._build_image_metrics()
 
 
 def test_ewc_gan_celeba_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
