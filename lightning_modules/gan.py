@@ -3,8 +3,11 @@
 Paper: "Generative Adversarial Network Training is a Continual Learning Problem" (EWC-GAN / IS-GAN).
 The continual-learning penalties are callbacks (:mod:`callbacks.continual`), so any variant here becomes
 EWC-GAN or IS-GAN by adding ``EWCPenalty`` / ``ISPenalty`` (target ``discriminator``) to the trainer's
-callbacks. The module supports them through ``importance_loss()``: the discriminator loss on the previous
-step's real batch (fresh to the current parameters) and freshly generated samples (no gradient penalty).
+callbacks. EWC's default ``fisher="deferred"`` needs nothing from the module: the importance of a task comes
+from the next discriminator step's own gradient (new real batch, new generated samples) at the task's end
+parameters. For ``fisher="extra_pass"`` the module provides ``importance_loss()``: the discriminator loss on
+the previous step's real batch (fresh to the current parameters) and freshly generated samples (no gradient
+penalty).
 
 Variants (``arch`` x ``loss`` x ``spectral_norm``):
 
