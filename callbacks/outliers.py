@@ -92,7 +92,8 @@ class ODIN(Callback):
         temperature, epsilon: Liang et al.'s ODIN (their defaults 1000 and 0.0014).
         energy_temperature: temperature of the energy score.
         lof_neighbors: ``n_neighbors`` of the LOF.
-        lof_max_train: LOF is fitted on a seeded subset of at most this many training projections.
+        lof_max_train: fit the LOF on a seeded subset of at most this many training projections
+            (``None``, the default: on all of them, as the paper does).
         fit_samples: fit on a seeded subset of at most this many training samples (``None``: all).
         fit_baselines: also score the training set with the baselines (their thresholds, hence flags).
         fit_on_train_end: fit when ``fit`` ends; otherwise only on demand at test/predict.
@@ -118,7 +119,7 @@ class ODIN(Callback):
         epsilon: float = 0.0014,
         energy_temperature: float = 1.0,
         lof_neighbors: int = 20,
-        lof_max_train: int = 5000,
+        lof_max_train: int | None = None,
         fit_samples: int | None = None,
         fit_baselines: bool = True,
         fit_on_train_end: bool = True,
@@ -408,7 +409,8 @@ class ODIN(Callback):
             offset += len(x)
             with torch.no_grad():
                 logits, acts = self._forward(pl_module, x)
-            columns = [self._distances(acts)[name] for name in dist_names]
+            distances = self._distances(acts) if dist_names else {}
+            columns = [distances[name] for name in dist_names]
             if base_names:
                 bs = self._baseline_scores(pl_module, x, logits)
                 columns += [bs[n.split("/", 1)[1]] for n in base_names]
