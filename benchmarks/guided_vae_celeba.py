@@ -4,7 +4,7 @@ Trains the supervised Guided-VAE (excitation + adversarial inhibition) and, side
 backbone, steps and seed, a plain VAE (both weights 0) as the control. Then, for each guided attribute, a
 linear probe (scikit-learn logistic regression) is trained on the training split's posterior means and
 tested on the held-out split: error from ``z_t`` alone and from ``z_rst_t`` (the other 15 latents), beside
-the majority-class (chance) error. ``sign(z_t)`` is the decision rule the hinge trains; its error is shown too.
+chance: the error of always predicting the training split's majority class (the best a code without the attribute can do). ``sign(z_t)`` is the decision rule the hinge trains; its error is shown too.
 
     # the synthetic sample (known attributes; python -m datamodules.samples celeba --root data --num-images 2000)
     python benchmarks/guided_vae_celeba.py
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="MLP widths (arch mlp)")
     parser.add_argument("--adversary-steps", type=int, default=5, help="C_t updates per batch")
     parser.add_argument("--adversary-lr", type=float, default=2e-3)
+    parser.add_argument("--adversary-layers", type=int, nargs="+", default=[2],
+                        help="hidden layers of the C_t (2: the authors' MLP; 0: linear, like the probes); several: one model each")
+    parser.add_argument("--no-standardize", action="store_true", help="the C_t read raw codes (no batch standardisation)")
+    parser.add_argument("--adversary-input", default="mean", choices=["mean", "sample"],
+                        help="what the C_t read in training: posterior means (what the probes read) or samples")
     parser.add_argument("--no-control", action="store_true", help="skip the plain-VAE control")
     parser.add_argument("--disentanglement", type=float, default=0.0,
                         help="also score MIG/SAP/DCI on the sample's known factors at this fraction of "
@@ -89,19 +94,25 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
 
     shuffled, ordered, test, desc = _loaders(args)
     print(f"data: {desc}; {args.max_steps} steps of batch {args.batch_size}, {args.image_size} px, arch {args.arch}, "
-          f"bottleneck {args.latent_dim}, excitation/inhibition weights {args.excitation_weight:g}/{args.inhibition_weight:g}")
-    variants = {f"Guided-VAE ({inh})": (args.excitation_weight, args.inhibition_weight, inh) for inh in args.inhibition}
+          f"bottleneck {args.latent_dim}, excitation/inhibition weights {args.excitation_weight:g}/{args.inhibition_weight:g}, "
+          f"{args.adversary_steps} adversary updates per batch (lr {args.adversary_lr:g}) on the "
+          f"{'raw' if args.no_standardize else 'standardised'} {args.adversary_input}s")
+    variants = {
+        f"Guided-VAE ({inh}, C_t {'linear' if layers == 0 else f'MLP {layers}'})": (args.excitation_weight, args.inhibition_weight, inh, layers)
+        for inh in args.inhibition for layers in args.adversary_layers
+    }
     if not args.no_control:
-        variants["VAE (control)"] = (0.0, 0.0, "maximize")
+        variants["VAE (control)"] = (0.0, 0.0, "maximize", args.adversary_layers[0])
     arch_kwargs = {"conv": {"channels": [32, 64, 64]}, "mlp": {"hidden": args.hidden}}.get(args.arch)
     results: dict[str, dict[str, dict[str, float]]] = {}
     disentanglement: dict[str, dict[str, float]] = {}
-    for name, (exc, inh, inhibition) in variants.items():
+    for name, (exc, inh, inhibition, layers) in variants.items():
         seed_everything(args.seed, verbose=False)
         model = SupervisedGuidedVAE(
             in_channels=3, image_size=args.image_size, latent_dim=args.latent_dim, guide_attributes=ATTRIBUTES,
             arch=args.arch, arch_kwargs=arch_kwargs, excitation_weight=exc, inhibition_weight=inh,
-            inhibition=inhibition, adversary_steps=args.adversary_steps,
+            inhibition=inhibition, adversary_steps=args.adversary_steps, adversary_input=args.adversary_input,
+            adversary_layers=layers, adversary_standardize=not args.no_standardize,
             optimizer=lambda p: torch.optim.Adam(p, lr=args.lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=args.adversary_lr),
         )
         model.resolve_attributes(ATTRIBUTES)

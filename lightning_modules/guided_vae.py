@@ -1,21 +1,24 @@
 """Guided-VAE (Ding et al., CVPR 2020): a VAE whose latents are made controllable by a lightweight guide.
 
-Two modules on the shared VAE backbones of :mod:`lightning_modules.nets.vae` (``conv``, ``conv64``, ``mlp``):
+Both modules ARE the shared VAE of :mod:`lightning_modules.vae` (subclasses of :class:`~lightning_modules.vae.VAE`):
+the same encoder/decoder pairs (``conv``, ``conv64``, ``mlp``), the same objective
+``reconstruction_loss + sum(term(out) for term in losses)`` with the loss terms of
+:mod:`lightning_modules.vae_losses` (``KLTerm(beta)``: VAE / beta-VAE), the same logging, traversals,
+image grids, GIFs, scheduler handling and ``representation()`` for the disentanglement metrics. The guides add:
 
-* :class:`GuidedVAE` (unsupervised): ``z = (z_def, z_cont)``; besides the main decoder a deformable-PCA
-  secondary decoder reconstructs ``x`` as ``T_{tau(z_def)}(B z_cont)``; loss = negative ELBO
-  + ``guide_weight * ||x - T(B z_cont)||^2`` (+ the optional unit-norm basis penalty). With
-  ``guide_weight: 0`` it is the vanilla VAE (``beta: 1``) or beta-VAE (``beta > 1``) on the same backbone.
+* :class:`GuidedVAE` (unsupervised): ``z = (z_def, z_cont)``; one more loss term, :class:`DeformablePCATerm`,
+  a deformable-PCA secondary decoder reconstructing ``x`` as ``T_{tau(z_def)}(B z_cont)``:
+  ``losses = [KLTerm(beta), DeformablePCATerm(guide_weight)]``. ``guide_weight: 0`` drops the term: the plain
+  VAE (``beta: 1``) or beta-VAE (``beta > 1``), exactly.
 * :class:`SupervisedGuidedVAE`: for each of ``T`` attributes, latent ``z_t`` is *excited* (hinge
   ``max(0, 1 - y_t z_t)``, ``y_t`` in {-1, +1}) and the rest ``z_rst_t`` *inhibited*: an adversarial
   classifier ``C_t(z_rst_t)`` learns the attribute while the encoder is trained to defeat it. Manual
   optimisation, two injected optimizers (``optimizer`` for the VAE, ``adversary_optimizer`` for the ``C_t``),
-  alternating each step: first the adversaries on detached codes, then the VAE.
+  alternating each step: first the adversaries on detached codes, then the VAE (ELBO of the shared
+  objective + excitation + inhibition).
 
-Both log ``{train,val,test}/{loss,recon,kl,mse}`` (sums over pixels / latents, means over images; val/test
-decode the posterior mean), take part in :class:`callbacks.images.ImageGrids` through ``image_grids()``
-(reconstructions and latent traversals; the PCA basis for the unsupervised model), and provide
-:meth:`latent_codes` for the probes of :func:`linear_probe_error` (``benchmarks/guided_vae_*.py``).
+:meth:`GuidedVAE.latent_codes` / :func:`latent_codes` and :func:`linear_probe_error` are the probes of
+``benchmarks/guided_vae_*.py``.
 """
 
 from __future__ import annotations
@@ -31,118 +34,81 @@ from torch import Tensor, nn
 from torchmetrics.classification import BinaryAccuracy
 
 from datamodules.celeba import ATTRIBUTES as CELEBA_ATTRIBUTES
-from lightning_modules.base import PaperzooModule
 from lightning_modules.nets.guide import DEFORMATIONS, DeformablePCA, LatentClassifier
-from lightning_modules.nets.vae import build_decoder, build_encoder
+from lightning_modules.vae import VAE
+from lightning_modules.vae_losses import KLTerm, LossTerm, VAEOutput, reconstruction_loss
 
-__all__ = ["GuidedVAE", "SupervisedGuidedVAE", "linear_probe_error", "chance_error"]
+__all__ = [
+    "DeformablePCATerm", "GuidedVAE", "SupervisedGuidedVAE", "latent_codes", "linear_probe_error", "chance_error",
+    "reconstruction_errors",
+]
 
-Likelihood = Literal["bernoulli", "gaussian"]
+Recon = Literal["bernoulli", "gaussian"]
 
 
+class DeformablePCATerm(LossTerm):
+    """The unsupervised guide as a loss term of the shared VAE objective.
 
-class _GuidedBackbone(PaperzooModule):
-    """The VAE both Guided-VAEs share: encoder, main decoder, ELBO terms, reconstruction and traversal grids."""
+    ``weight * ||x - T_{tau(z_def)}(B z_cont)||^2`` (per image, summed over pixels, batch mean) with ``z_def = z[:, :def_dim]``
+    and ``z_cont = z[:, def_dim:]`` (the sampled code), plus ``unit_norm_weight * sum_k (||b_k||^2 - 1)^2``.
+    Logs ``guide`` (the unweighted squared error) and ``unit_norm``.
+    """
 
-    def _build_backbone(
-        self, arch: str, in_channels: int, image_size: int, latent_dim: int, arch_kwargs: dict[str, Any] | None
-    ) -> None:
-        kwargs = dict(arch_kwargs or {})
-        self.encoder = build_encoder(arch, in_channels, image_size, latent_dim, **kwargs)
-        self.decoder = build_decoder(arch, in_channels, image_size, latent_dim, **kwargs)
-        self._grid_batch: Tensor | None = None
+    def __init__(self, guide: DeformablePCA, def_dim: int, weight: float = 1.0, unit_norm_weight: float = 0.0) -> None:
+        super().__init__()
+        self.guide, self.def_dim, self.weight, self.unit_norm_weight = guide, def_dim, weight, unit_norm_weight
 
-    # ---- the VAE ---------------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The posterior ``(mu, logvar)`` of ``x``."""
-        return self.encoder(x)
+    def reconstruct(self, z: Tensor) -> Tensor:
+        """``T_{tau(z_def)}(B z_cont)``."""
+        return self.guide(z[:, : self.def_dim], z[:, self.def_dim :])
 
-    def representation(self, x: Tensor, factors: Tensor | None = None) -> Tensor:
-        """Posterior means: the code scored by :class:`callbacks.disentanglement.DisentanglementMetrics`."""
-        return self.encoder(x)[0]
+    def forward(self, out: VAEOutput) -> tuple[Tensor, dict[str, Tensor]]:
+        err = (self.reconstruct(out.z) - out.x).pow(2).flatten(1).sum(1).mean()
+        loss, logs = self.weight * err, {"guide": err}
+        if self.unit_norm_weight > 0:
+            penalty = self.guide.unit_norm_penalty()
+            loss = loss + self.unit_norm_weight * penalty
+            logs["unit_norm"] = penalty
+        return loss, logs
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Mean image of ``p(x|z)`` in the data's range."""
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.hparams.likelihood == "bernoulli" else out
+
+class _GuidedMixin:
+    """What both Guided-VAEs add to the shared VAE: an input check, posterior means, latent codes of a loader."""
 
     def _check_images(self, x: Tensor) -> None:
-        if self.hparams.likelihood == "bernoulli" and (x.min() < 0 or x.max() > 1):
+        if x.min() < 0 or x.max() > 1:
             raise ValueError(
-                f"the Bernoulli likelihood needs images in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
-                "use the data module's unit scale (e.g. MNISTDataModule scale: unit) or likelihood: gaussian"
+                f"the VAE's reconstruction loss needs images in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
+                "use the data module's unit scale (e.g. MNISTDataModule scale: unit)"
             )
 
+    def _objective(self, batch: Sequence[Tensor], stage: str):
+        self._check_images(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        return super()._objective(batch, stage)  # type: ignore[misc]
+
     def _encode(self, x: Tensor, sample: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mu, logvar, z)``; ``z`` a reparameterised sample or the posterior mean."""
         self._check_images(x)
-        mu, logvar = self.encoder(x)
+        mu, logvar = self.encode(x)  # type: ignore[attr-defined]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
         return mu, logvar, z
 
-    def _elbo_terms(self, x: Tensor, mu: Tensor, logvar: Tensor, z: Tensor) -> dict[str, Tensor]:
-        """Per-image sums, batch means: ``recon`` (-log p(x|z)), ``kl``, ``mse`` (squared error of the mean image)."""
-        n = x.shape[0]
-        out = self.decoder(z)
-        if self.hparams.likelihood == "bernoulli":
-            recon = F.binary_cross_entropy_with_logits(out, x, reduction="sum") / n
-            mean = torch.sigmoid(out)
-        else:
-            recon = 0.5 * F.mse_loss(out, x, reduction="sum") / n
-            mean = out
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / n
-        mse = F.mse_loss(mean.detach(), x, reduction="sum") / n
-        return {"recon": recon, "kl": kl, "mse": mse}
-
-    def _log_terms(self, stage: str, terms: dict[str, Tensor], batch_size: int) -> None:
-        train = stage == "train"
-        for key, value in terms.items():
-            self.log(
-                f"{stage}/{key}", value, on_step=train, on_epoch=not train, prog_bar=key == "loss",
-                sync_dist=not train, batch_size=batch_size,
-            )
-
-    def _remember_grid_batch(self, x: Tensor, batch_idx: int) -> None:
-        if batch_idx == 0 and self._grid_batch is None:
-            self._grid_batch = x[:8].detach().clone()
-
-    # ---- grids (ImageGrids callback protocol) ----------------------------------------------------------
-    def traversal(self, x: Tensor, dims: Sequence[int], limit: float | None = None, steps: int | None = None) -> Tensor:
-        """Decode ``mu(x)`` with each latent of ``dims`` swept over ``[-limit, limit]``: ``(len(dims) * steps, C, H, W)``."""
-        limit = self.hparams.traversal_limit if limit is None else limit
-        steps = self.hparams.traversal_steps if steps is None else steps
-        mu, _ = self.encoder(x[:1])
-        values = torch.linspace(-limit, limit, steps, device=mu.device)
-        codes = mu.repeat(len(dims) * steps, 1)
-        for row, d in enumerate(dims):
-            codes[row * steps : (row + 1) * steps, d] = values
-        return self.decode(codes)
-
-    def _reconstruction_grid(self, x: Tensor) -> tuple[Tensor, int]:
-        mu, _ = self.encoder(x)
-        return torch.cat([x, self.decode(mu)]), len(x)
-
-    def on_validation_epoch_start(self) -> None:
-        self._grid_batch = None
-
-    # ---- evaluation -------------------------------------------------------------------------------------
-    @torch.no_grad()
     def latent_codes(self, loader, max_batches: int | None = None) -> tuple[Tensor, Tensor]:
-        """Posterior means ``mu`` of every image of ``loader`` and the batches' second item (labels/attributes)."""
-        was_training = self.training
-        self.eval()
-        codes, labels = [], []
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            mu, _ = self.encoder(batch[0].to(self.device))
-            codes.append(mu.cpu())
-            labels.append(batch[1].cpu())
-        self.train(was_training)
-        return torch.cat(codes), torch.cat(labels)
+        return latent_codes(self, loader, max_batches)  # type: ignore[arg-type]
+
+    def _keep_own_hparams(self) -> None:
+        """Drop the hyperparameters only the base VAE takes (the CVAE's ``cond_*``): a checkpoint's hyperparameters
+        must match this class's signature (``--ckpt_path`` re-parses them; the CLI's ``_class_path`` stays)."""
+        import inspect
+
+        own = set(inspect.signature(type(self).__init__).parameters)
+        for hp in (self._hparams, self._hparams_initial):  # type: ignore[attr-defined]
+            for key in [k for k in hp if k not in own and not k.startswith("_")]:  # keep the CLI's _class_path
+                hp.pop(key)
 
 
-class GuidedVAE(_GuidedBackbone):
-    """Unsupervised Guided-VAE: deformable-PCA guidance of ``z = (z_def, z_cont)``.
+class GuidedVAE(_GuidedMixin, VAE):
+    """Unsupervised Guided-VAE: deformable-PCA guidance of ``z = (z_def, z_cont)`` on the shared VAE.
 
     Args:
         in_channels, image_size: image shape (MNIST: 1, 28).
@@ -152,14 +118,15 @@ class GuidedVAE(_GuidedBackbone):
             ``affine``: all of ``z_def`` through a learned linear map.
         deformation: ``rotation``, ``scaling``, ``both``, ``affine`` or ``none`` (the PCA-only ablation).
         arch, arch_kwargs: backbone pair of :mod:`lightning_modules.nets.vae` and its extra arguments.
-        beta: weight of the KL term (1: VAE; > 1: beta-VAE).
-        guide_weight: weight of the deformable-PCA loss (0 switches the guide off: plain VAE / beta-VAE).
+        beta: weight of the KL term (``KLTerm(beta)``; 1: VAE; > 1: beta-VAE).
+        guide_weight: weight of the deformable-PCA term (0: no guide at all, the plain VAE / beta-VAE).
         unit_norm_weight: weight of ``sum_k (||b_k||^2 - 1)^2`` (0: off).
-        likelihood: ``bernoulli`` (images in [0, 1], decoder logits) or ``gaussian`` (unit variance).
-        traversal_limit, traversal_steps: the latent sweep of the traversal grids.
+        mean_image: the PCA learns a mean image (its centring).
+        recon: the shared reconstruction loss (``bernoulli`` or ``gaussian``; images in [0, 1]).
+        traversal_range, traversal_steps, num_fixed, gif_every_n_epochs, monitor, dataset_size: as :class:`VAE`.
     """
 
-    hparams_metrics = ("val/loss", "val/recon", "val/mse", "val/guide")
+    hparams_metrics = ("val/loss", "val/recon", "val/kl", "val/guide")
 
     def __init__(
         self,
@@ -168,30 +135,50 @@ class GuidedVAE(_GuidedBackbone):
         latent_dim: int = 10,
         def_dim: int = 2,
         deformation: Literal["rotation", "scaling", "both", "affine", "none"] = "both",
-        arch: str = "conv",
+        arch: Literal["conv64", "conv", "mlp"] = "conv",
         arch_kwargs: dict[str, Any] | None = None,
         beta: float = 1.0,
         guide_weight: float = 1.0,
         unit_norm_weight: float = 0.0,
         mean_image: bool = True,
-        likelihood: Likelihood = "bernoulli",
-        traversal_limit: float = 3.0,
+        recon: Recon = "bernoulli",
+        dataset_size: int | None = None,
+        traversal_range: float = 3.0,
         traversal_steps: int = 9,
+        num_fixed: int = 8,
+        gif_every_n_epochs: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        monitor: str = "val/loss",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if not 0 <= def_dim < latent_dim:
             raise ValueError(f"def_dim must leave at least one content variable: 0 <= def_dim < latent_dim={latent_dim}, got {def_dim}")
         if deformation != "affine" and def_dim < DEFORMATIONS[deformation]:
             raise ValueError(f"deformation {deformation!r} needs def_dim >= {DEFORMATIONS[deformation]}, got {def_dim}")
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self._build_backbone(arch, in_channels, image_size, latent_dim, arch_kwargs)
-        self.guide = DeformablePCA(
-            (in_channels, image_size, image_size), latent_dim - def_dim, def_dim, deformation, mean_image,
-            "sigmoid" if likelihood == "bernoulli" else "linear",
+        if guide_weight < 0 or unit_norm_weight < 0:
+            raise ValueError(f"guide_weight and unit_norm_weight must be >= 0, got {guide_weight} and {unit_norm_weight}")
+        losses: list[LossTerm] = [KLTerm(beta)]
+        if guide_weight > 0:
+            guide = DeformablePCA((in_channels, image_size, image_size), latent_dim - def_dim, def_dim, deformation, mean_image)
+            losses.append(DeformablePCATerm(guide, def_dim, guide_weight, unit_norm_weight))
+        super().__init__(
+            arch=arch, in_channels=in_channels, image_size=image_size, latent_dim=latent_dim, arch_kwargs=arch_kwargs,
+            losses=losses, recon=recon, dataset_size=dataset_size, traversal_range=traversal_range,
+            traversal_steps=traversal_steps, num_fixed=num_fixed, gif_every_n_epochs=gif_every_n_epochs,
+            optimizer=optimizer, scheduler=scheduler, monitor=monitor,
         )
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self._keep_own_hparams()
+
+    @property
+    def guide_term(self) -> DeformablePCATerm | None:
+        return next((t for t in self.losses if isinstance(t, DeformablePCATerm)), None)
+
+    @property
+    def guide(self) -> DeformablePCA | None:
+        """The secondary decoder (``None`` with ``guide_weight: 0``); only needed in training."""
+        term = self.guide_term
+        return None if term is None else term.guide
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(z_def, z_cont)``."""
@@ -200,67 +187,34 @@ class GuidedVAE(_GuidedBackbone):
 
     def guide_reconstruction(self, z: Tensor) -> Tensor:
         """The secondary decoder's ``T_{tau(z_def)}(B z_cont)``."""
-        return self.guide(*self.split(z))
-
-    def _step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
-        x = batch[0]
-        mu, logvar, z = self._encode(x, sample=stage == "train")
-        terms = self._elbo_terms(x, mu, logvar, z)
-        loss = terms["recon"] + self.hparams.beta * terms["kl"]
-        if self.hparams.guide_weight > 0:
-            terms["guide"] = F.mse_loss(self.guide_reconstruction(z), x, reduction="sum") / x.shape[0]
-            loss = loss + self.hparams.guide_weight * terms["guide"]
-        if self.hparams.unit_norm_weight > 0:
-            terms["unit_norm"] = self.guide.unit_norm_penalty()
-            loss = loss + self.hparams.unit_norm_weight * terms["unit_norm"]
-        terms["loss"] = loss
-        self._log_terms(stage, terms, x.shape[0])
-        return loss
-
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
-        self._remember_grid_batch(batch[0], batch_idx)
-        self._step(batch, "val")
-
-    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        if self.guide_term is None:
+            raise RuntimeError("this model has no guide (guide_weight: 0)")
+        return self.guide_term.reconstruct(z)
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
-        mu, logvar = self.encoder(batch[0])
-        z_def, z_cont = self.split(mu)
-        return {"mu": mu, "logvar": logvar, "z_def": z_def, "z_cont": z_cont, "reconstruction": self.decode(mu)}
+        out = super().predict_step(batch, batch_idx)
+        out["z_def"], out["z_cont"] = self.split(out["mu"])
+        return out
 
-    def configure_optimizers(self):
-        params = [p for name, p in self.named_parameters() if self.hparams.guide_weight > 0 or not name.startswith("guide.")]
-        optimizer = self.optimizer(params)
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}}
-
+    @torch.no_grad()
     def image_grids(self) -> dict[str, Tensor | tuple[Tensor, int]]:
-        """Reconstructions, traversals of the guided latents ``z_def`` (and all latents), the PCA guide's output and basis."""
-        if self._grid_batch is None:
-            return {}
-        x = self._grid_batch
-        steps = self.hparams.traversal_steps
-        d = self.hparams.def_dim
-        grids: dict[str, Tensor | tuple[Tensor, int]] = {
-            "val/reconstructions": self._reconstruction_grid(x),
-            "val/traversal_all": (self.traversal(x, range(self.hparams.latent_dim)), steps),
-        }
+        """The shared VAE's grids (``recon``, ``samples``, ``traversal/<i>``) plus ``traversal_guided/<i>`` (the rows of
+        ``z_def``: z1 rotation, z2 scale), ``guide_recon`` (inputs over the deformable PCA's output) and ``pca_basis``."""
+        grids = super().image_grids()
+        x, _ = self._fixed_inputs()
+        d, steps = self.hparams.def_dim, self.hparams.traversal_steps
         if d > 0:
-            grids["val/traversal_guided"] = (self.traversal(x, range(d)), steps)
-        if self.hparams.guide_weight > 0:
-            mu, _ = self.encoder(x)
-            grids["val/guide_reconstructions"] = (torch.cat([x, self.guide_reconstruction(mu)]), len(x))
-            grids["val/pca_basis"] = self.guide.basis_images()
+            for i in range(len(x)):
+                grids[f"traversal_guided/{i}"] = (self.traversal(x[i : i + 1])[:d].flatten(0, 1), steps)
+        if self.guide is not None:
+            mu, _ = self.encode(x)
+            grids["guide_recon"] = (torch.cat([x, self.guide_reconstruction(mu)]), len(x))
+            grids["pca_basis"] = self.guide.basis_images()
         return grids
 
 
-class SupervisedGuidedVAE(_GuidedBackbone):
-    """Supervised Guided-VAE: adversarial excitation (``z_t``) and inhibition (``z_rst_t``) of ``T`` attributes.
+class SupervisedGuidedVAE(_GuidedMixin, VAE):
+    """Supervised Guided-VAE on the shared VAE: adversarial excitation (``z_t``) and inhibition (``z_rst_t``) of ``T`` attributes.
 
     Batches are ``(images, attributes)`` with ``attributes`` ``(N, A)`` in {0, 1} (or {-1, +1}); the chosen
     attribute columns are given by name (resolved against the data module's ``attribute_names`` /
@@ -269,15 +223,20 @@ class SupervisedGuidedVAE(_GuidedBackbone):
 
     Args:
         guide_attributes: the ``T`` guided attributes (names or column indices; ``attributes`` is the data module's).
+        beta: weight of the shared ``KLTerm``.
         excitation_weight: weight of the hinge ``max(0, 1 - y_t z_t)`` (summed over attributes).
         inhibition_weight: weight of the encoder's adversarial term.
         inhibition: ``maximize`` (the paper: the encoder maximises the adversary's cross-entropy) or
             ``confuse`` (the encoder drives the adversary's prediction to 1/2; a bounded variant).
+        adversary_input: what ``C_t`` reads in training: ``mean`` (the posterior means ``mu_rst_t``, the code a
+            probe reads afterwards) or ``sample`` (the reparameterised ``z_rst_t``).
         adversary_hidden: width of the ``C_t`` MLPs.
+        adversary_layers: hidden layers of the ``C_t`` (2: the authors' MLP with LayerNorm; 0: a linear classifier, the
+            family of the linear probes that score ``z_rst_t`` afterwards).
         adversary_steps: updates of the ``C_t`` per batch (on the same detached codes) before the VAE's
             update: the inhibition needs an adversary close to "the best possible classifier".
         optimizer: for the encoder and decoder; adversary_optimizer: for the ``C_t``.
-        Others as :class:`GuidedVAE`.
+        Others as :class:`GuidedVAE` / :class:`VAE`.
     """
 
     hparams_metrics = ("val/loss", "val/recon", "val/excitation_err", "val/adversary_err")
@@ -288,33 +247,52 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         image_size: int = 64,
         latent_dim: int = 16,
         guide_attributes: list[str | int] = ("Smiling", "Male", "Black_Hair"),  # type: ignore[assignment]
-        arch: str = "conv64",
+        arch: Literal["conv64", "conv", "mlp"] = "conv64",
         arch_kwargs: dict[str, Any] | None = None,
         beta: float = 1.0,
         excitation_weight: float = 1.0,
         inhibition_weight: float = 1.0,
         inhibition: Literal["maximize", "confuse"] = "maximize",
+        adversary_input: Literal["mean", "sample"] = "mean",
         adversary_hidden: int = 32,
+        adversary_layers: int = 2,
+        adversary_standardize: bool = False,
         adversary_steps: int = 1,
-        likelihood: Likelihood = "bernoulli",
-        traversal_limit: float = 3.0,
+        recon: Recon = "bernoulli",
+        dataset_size: int | None = None,
+        traversal_range: float = 3.0,
         traversal_steps: int = 9,
+        num_fixed: int = 4,
+        gif_every_n_epochs: int = 0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         adversary_optimizer: OptimizerCallable = torch.optim.Adam,
+        monitor: str = "val/loss",
     ) -> None:
-        super().__init__()
         guide_attributes = list(guide_attributes)
-        self.save_hyperparameters(ignore=["optimizer", "adversary_optimizer"])
         if not 1 <= len(guide_attributes) < latent_dim:
             raise ValueError(f"need 1 <= number of attributes < latent_dim={latent_dim}, got {len(guide_attributes)}")
+        if adversary_layers < 0:
+            raise ValueError(f"adversary_layers must be >= 0, got {adversary_layers}")
         if adversary_steps < 1:
             raise ValueError(f"adversary_steps must be >= 1, got {adversary_steps}")
         if inhibition not in ("maximize", "confuse"):
             raise ValueError(f"inhibition must be 'maximize' or 'confuse', got {inhibition!r}")
+        if adversary_input not in ("mean", "sample"):
+            raise ValueError(f"adversary_input must be 'mean' or 'sample', got {adversary_input!r}")
+        super().__init__(
+            arch=arch, in_channels=in_channels, image_size=image_size, latent_dim=latent_dim, arch_kwargs=arch_kwargs,
+            losses=[KLTerm(beta)], recon=recon, dataset_size=dataset_size, traversal_range=traversal_range,
+            traversal_steps=traversal_steps, num_fixed=num_fixed, gif_every_n_epochs=gif_every_n_epochs,
+            optimizer=optimizer, monitor=monitor,
+        )
+        self.save_hyperparameters(ignore=["optimizer", "adversary_optimizer"])
+        self._keep_own_hparams()
+        self.hparams.guide_attributes = guide_attributes
         self.automatic_optimization = False
-        self.optimizer, self.adversary_optimizer = optimizer, adversary_optimizer
-        self._build_backbone(arch, in_channels, image_size, latent_dim, arch_kwargs)
-        self.adversaries = nn.ModuleList(LatentClassifier(latent_dim - 1, adversary_hidden) for _ in guide_attributes)
+        self.adversary_optimizer = adversary_optimizer
+        self.adversaries = nn.ModuleList(LatentClassifier(latent_dim - 1, adversary_hidden, adversary_layers, adversary_standardize)
+            for _ in guide_attributes
+        )
         self.register_buffer("attribute_columns", torch.tensor(
             [a if isinstance(a, int) else -1 for a in guide_attributes], dtype=torch.long))
         for stage in ("train", "val", "test"):
@@ -380,6 +358,9 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         half = torch.full_like(y[:, 0], 0.5)
         return sum(F.binary_cross_entropy_with_logits(c(self.rest(z, t)), half) for t, c in enumerate(self.adversaries))
 
+    def _adversary_code(self, out: VAEOutput) -> Tensor:
+        return out.mu if self.hparams.adversary_input == "mean" else out.z
+
     def adversary_step(self, z: Tensor, y: Tensor) -> Tensor:
         """One update of the ``C_t`` (second optimizer) on the detached codes ``z``; returns their loss."""
         opt = self.optimizers()[1]
@@ -391,27 +372,27 @@ class SupervisedGuidedVAE(_GuidedBackbone):
         self.untoggle_optimizer(opt)
         return loss.detach()
 
-    def vae_step(self, x: Tensor, y: Tensor, encoded: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
-        """One update of encoder and decoder (first optimizer): ELBO + excitation + inhibition, the ``C_t`` held fixed.
+    def objective(self, x: Tensor, attrs: Tensor | None = None, stage: str = "train") -> tuple[Tensor, VAEOutput, dict[str, Tensor]]:
+        """The shared VAE objective (reconstruction + ``KLTerm``) of a batch: ``(loss, out, logs)``."""
+        return self._objective((x,) if attrs is None else (x, attrs), stage)
 
-        ``encoded``: ``(mu, logvar, z)`` of ``x`` when already computed (the training step shares one forward pass).
+    def vae_step(self, x: Tensor, y: Tensor, objective: tuple[Tensor, VAEOutput, dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
+        """One update of encoder and decoder (first optimizer): shared ELBO + excitation + inhibition, the ``C_t`` held fixed.
+
+        ``objective``: :meth:`objective` of ``x`` when already computed (the training step shares one forward pass).
         """
         opt = self.optimizers()[0]
         self.toggle_optimizer(opt)
-        mu, logvar, z = encoded if encoded is not None else self._encode(x, sample=True)
-        terms = self._elbo_terms(x, mu, logvar, z)
-        terms["excitation"] = self.excitation_loss(z, y)
-        terms["inhibition"] = self.inhibition_loss(z, y)
-        loss = (
-            terms["recon"] + self.hparams.beta * terms["kl"]
-            + self.hparams.excitation_weight * terms["excitation"] + self.hparams.inhibition_weight * terms["inhibition"]
-        )
+        elbo, out, logs = objective if objective is not None else self.objective(x)
+        logs["excitation"] = self.excitation_loss(out.z, y)
+        logs["inhibition"] = self.inhibition_loss(self._adversary_code(out), y)
+        loss = elbo + self.hparams.excitation_weight * logs["excitation"] + self.hparams.inhibition_weight * logs["inhibition"]
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
         self.untoggle_optimizer(opt)
-        terms["loss"] = loss.detach()
-        return {key: value.detach() for key, value in terms.items()}
+        logs["loss"] = loss
+        return {key: value.detach() for key, value in logs.items()}
 
     def _accuracies(self, stage: str, z: Tensor, y: Tensor) -> None:
         for t, c in enumerate(self.adversaries):
@@ -426,57 +407,89 @@ class SupervisedGuidedVAE(_GuidedBackbone):
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         """Alternating updates on one forward pass: the adversaries on detached codes, then the VAE."""
         x, y = batch[0], self.targets(batch[1])
-        encoded = self._encode(x, sample=True)
+        objective = self.objective(x, batch[1])
+        code = self._adversary_code(objective[1])
         for _ in range(self.hparams.adversary_steps):
-            adversary = self.adversary_step(encoded[2], y)
-        terms = self.vae_step(x, y, encoded)
-        terms["adversary"] = adversary
-        self._log_terms("train", terms, x.shape[0])
+            adversary = self.adversary_step(code, y)
+        logs = self.vae_step(x, y, objective)
+        logs["adversary"] = adversary
+        self._log(logs, "train")
         with torch.no_grad():
-            self._accuracies("train", encoded[2].detach(), y)
+            self._accuracies("train", code.detach(), y)
 
     def _eval_step(self, batch: Sequence[Tensor], stage: str) -> None:
         x, y = batch[0], self.targets(batch[1])
-        mu, logvar, z = self._encode(x, sample=False)
-        terms = self._elbo_terms(x, mu, logvar, z)
-        terms["excitation"] = self.excitation_loss(z, y)
-        terms["adversary"] = self.adversary_loss(z, y)
-        terms["loss"] = terms["recon"] + self.hparams.beta * terms["kl"] + self.hparams.excitation_weight * terms["excitation"]
-        z_t_pred = (z[:, : y.shape[1]] > 0).float()
-        terms["excitation_err"] = (z_t_pred != y).float().mean()
-        adv_pred = torch.stack([(c(self.rest(z, t)) > 0).float() for t, c in enumerate(self.adversaries)], 1)
-        terms["adversary_err"] = (adv_pred != y).float().mean()
-        self._log_terms(stage, terms, x.shape[0])
-        self._accuracies(stage, z, y)
+        loss, out, logs = self.objective(x, batch[1], stage)
+        mu = out.mu  # decisions on the posterior means
+        logs["excitation"] = self.excitation_loss(out.z, y)
+        logs["adversary"] = self.adversary_loss(mu, y)
+        logs["loss"] = loss + self.hparams.excitation_weight * logs["excitation"]
+        logs["excitation_err"] = ((mu[:, : y.shape[1]] > 0).float() != y).float().mean()
+        adv_pred = torch.stack([(c(self.rest(mu, t)) > 0).float() for t, c in enumerate(self.adversaries)], 1)
+        logs["adversary_err"] = (adv_pred != y).float().mean()
+        self._log(logs, stage)
+        self._accuracies(stage, mu, y)
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
-        self._remember_grid_batch(batch[0], batch_idx)
         self._eval_step(batch, "val")
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Tensor]:
-        mu, logvar = self.encoder(batch[0])
+        out = super().predict_step((batch[0],), batch_idx)
         T = len(self.hparams.guide_attributes)
-        return {"mu": mu, "logvar": logvar, "z_t": mu[:, :T], "attribute_probs": torch.sigmoid(mu[:, :T])}
+        out["z_t"] = out["mu"][:, :T]
+        return out
 
     def configure_optimizers(self):
         vae = self.optimizer([*self.encoder.parameters(), *self.decoder.parameters()])
         adversary = self.adversary_optimizer(self.adversaries.parameters())
         return [vae, adversary]
 
+    @torch.no_grad()
     def image_grids(self) -> dict[str, Tensor | tuple[Tensor, int]]:
-        """Reconstructions and, per attribute, a traversal of ``z_t`` for a few images."""
-        if self._grid_batch is None:
-            return {}
-        x = self._grid_batch
-        steps = self.hparams.traversal_steps
-        grids: dict[str, Tensor | tuple[Tensor, int]] = {"val/reconstructions": self._reconstruction_grid(x)}
+        """The shared VAE's grids plus ``traversal_attr/<name>``: ``z_t`` swept for each fixed input (the paper's Fig. 4)."""
+        grids = super().image_grids()
+        x, _ = self._fixed_inputs()
         for t, name in enumerate(self.attribute_names):
-            rows = [self.traversal(x[i : i + 1], [t]) for i in range(min(4, len(x)))]
-            grids[f"val/traversal/{name}"] = (torch.cat(rows), steps)
+            rows = [self.traversal(x[i : i + 1])[t] for i in range(len(x))]
+            grids[f"traversal_attr/{name}"] = (torch.cat(rows), self.hparams.traversal_steps)
         return grids
+
+
+@torch.no_grad()
+def latent_codes(model: VAE, loader, max_batches: int | None = None) -> tuple[Tensor, Tensor]:
+    """Posterior means ``mu`` of every image of ``loader`` and the batches' second item (labels/attributes)."""
+    was_training = model.training
+    model.eval()
+    codes, labels = [], []
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        mu, _ = model.encode(batch[0].to(model.device))
+        codes.append(mu.cpu())
+        labels.append(batch[1].cpu())
+    model.train(was_training)
+    return torch.cat(codes), torch.cat(labels)
+
+
+@torch.no_grad()
+def reconstruction_errors(model: VAE, loader) -> tuple[float, float]:
+    """Means per image over ``loader`` of the shared reconstruction loss (Bernoulli NLL with ``recon: bernoulli``) and
+    the squared error of the mean image, the posterior mean decoded (the paper's Table 1)."""
+    was_training = model.training
+    model.eval()
+    nll = sse = 0.0
+    n = 0
+    for batch in loader:
+        x = batch[0].to(model.device)
+        logits = model.decode(model.encode(x)[0])
+        nll += reconstruction_loss(x, logits, model.hparams.recon).item() * len(x)
+        sse += (torch.sigmoid(logits) - x).pow(2).flatten(1).sum(1).sum().item()
+        n += len(x)
+    model.train(was_training)
+    return nll / n, sse / n
 
 
 def linear_probe_error(

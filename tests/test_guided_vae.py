@@ -10,7 +10,11 @@ import torch
 from lightning import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.guided_vae import GuidedVAE, SupervisedGuidedVAE, chance_error, linear_probe_error
+from lightning_modules.guided_vae import (
+    DeformablePCATerm, GuidedVAE, SupervisedGuidedVAE, chance_error, latent_codes, linear_probe_error, reconstruction_errors,
+)
+from lightning_modules.vae import VAE
+from lightning_modules.vae_losses import KLTerm
 from tests.helpers import CONFIGS, QUIET, out_args, plugin_tags, run_cli, scalars, version_dirs
 
 MNIST_CONFIG = str(CONFIGS / "guided_vae_mnist.yaml")
@@ -20,24 +24,31 @@ MLP = {"hidden": [64]}
 # ---------------------------------------------------------------------------------------------------------
 # unsupervised
 # ---------------------------------------------------------------------------------------------------------
-def test_guided_loss_is_the_vae_loss_plus_the_weighted_guide_term() -> None:
+def test_guided_loss_is_the_shared_vae_objective_plus_the_weighted_guide_term() -> None:
     torch.manual_seed(0)
     x = torch.rand(6, 1, 28, 28)
     guided = GuidedVAE(latent_dim=6, def_dim=2, deformation="both", arch="mlp", arch_kwargs=MLP, guide_weight=2.5)
     plain = GuidedVAE(latent_dim=6, def_dim=2, deformation="both", arch="mlp", arch_kwargs=MLP, guide_weight=0.0)
-    plain.load_state_dict(guided.state_dict())
-    for m in (guided, plain):
-        m.log = lambda *a, **k: None  # no trainer attached
-    loss_guided = guided._step((x,), "val")  # val: posterior mean, deterministic
-    loss_plain = plain._step((x,), "val")
-    mu, _ = guided.encoder(x)
-    guide = ((guided.guide_reconstruction(mu) - x) ** 2).sum() / len(x)
-    assert torch.allclose(loss_guided, loss_plain + 2.5 * guide, rtol=1e-5)
-    # with the guide off its parameters are not even optimised
-    plain.optimizer = lambda p: torch.optim.SGD(p, lr=0.1)
-    opt = plain.configure_optimizers()
-    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n_opt == sum(p.numel() for n, p in plain.named_parameters() if not n.startswith("guide."))
+    shared = VAE(arch="mlp", in_channels=1, image_size=28, latent_dim=6, arch_kwargs=MLP, losses=[KLTerm(1.0)])
+    # guide_weight 0: no guide at all; the model is the shared VAE with KLTerm(beta=1), parameter for parameter
+    assert plain.guide is None and isinstance(guided.guide_term, DeformablePCATerm)
+    assert set(plain.state_dict()) == set(shared.state_dict())
+    plain.load_state_dict(guided.state_dict(), strict=False)
+    shared.load_state_dict(plain.state_dict())
+    results = {}
+    for name, m in (("guided", guided), ("plain", plain), ("shared", shared)):
+        torch.manual_seed(1)  # the same reparameterisation noise
+        results[name] = m._objective((x,), "val")
+    loss_guided, out, logs = results["guided"]
+    guide = ((guided.guide_reconstruction(out.z) - x) ** 2).sum() / len(x)
+    assert torch.allclose(logs["guide"], guide)
+    assert torch.allclose(loss_guided, results["plain"][0] + 2.5 * guide, rtol=1e-5)
+    assert torch.allclose(results["plain"][0], results["shared"][0])
+    assert torch.allclose(results["plain"][0], logs["recon"] + logs["kl"], rtol=1e-5)
+    # the guide's parameters are optimised with the VAE's
+    guided.optimizer = lambda p: torch.optim.SGD(p, lr=0.1)
+    opt = guided.configure_optimizers()
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in guided.parameters())
 
 
 def test_bad_configuration_and_bad_input_are_clear_errors() -> None:
@@ -55,13 +66,12 @@ def test_cli_fit_logs_losses_and_traversal_grids(sample_data: Path, tmp_path: Pa
              "--trainer.limit_train_batches=8", "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=1"])
     (log_dir,) = version_dirs(tmp_path, "guided_vae_mnist")
     tags = scalars(log_dir)
-    assert {"train/loss", "train/recon", "train/kl", "train/guide", "val/loss", "val/recon", "val/guide", "val/mse"} <= set(tags)
+    assert {"train/loss", "train/recon", "train/kl", "train/guide", "val/loss", "val/recon", "val/kl", "val/guide"} <= set(tags)
     # 16 steps of training lower the reconstruction term and the guide's error
     assert tags["train/recon"][-1][1] < tags["train/recon"][0][1]
     assert tags["val/guide"][-1][1] < tags["train/guide"][0][1]
     images = plugin_tags(log_dir, "images")
-    assert {"val/traversal_guided", "val/traversal_all", "val/reconstructions", "val/pca_basis",
-            "val/guide_reconstructions"} <= images
+    assert {"traversal_guided/0", "traversal/0", "recon", "samples", "pca_basis", "guide_recon"} <= images
     ckpt = tmp_path / "guided_vae_mnist" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 16 and state["hyper_parameters"]["deformation"] == "both"
@@ -71,19 +81,23 @@ def test_cli_fit_logs_losses_and_traversal_grids(sample_data: Path, tmp_path: Pa
     assert cli.trainer.global_step == 24
 
 
-def test_traversal_moves_only_the_swept_latent() -> None:
+def test_guided_traversal_grid_sweeps_z_def_and_the_probes_read_posterior_means() -> None:
     torch.manual_seed(0)
-    model = GuidedVAE(latent_dim=6, def_dim=2, arch="mlp", arch_kwargs=MLP, traversal_steps=5).eval()
-    x = torch.rand(1, 1, 28, 28)
-    captured = []
-    model.decode = lambda z: captured.append(z) or torch.zeros(len(z), 1, 28, 28)
-    model.traversal(x, [0, 3])
-    codes = captured[0]
-    mu, _ = model.encoder(x)
-    assert codes.shape == (10, 6)
-    assert torch.allclose(codes[:5, 0], torch.linspace(-3, 3, 5)) and torch.allclose(codes[5:, 3], torch.linspace(-3, 3, 5))
-    keep = [1, 2, 4, 5]
-    assert torch.allclose(codes[:, keep], mu[:, keep].expand(10, -1))
+    model = GuidedVAE(latent_dim=6, def_dim=2, arch="mlp", arch_kwargs=MLP, traversal_steps=5, num_fixed=2).eval()
+    x = torch.rand(4, 1, 28, 28)
+    model._objective((x, torch.arange(4)), "val")  # remembers the fixed inputs, like validation
+    grids = model.image_grids()
+    rows, nrow = grids["traversal_guided/1"]
+    assert nrow == 5 and rows.shape == (2 * 5, 1, 28, 28)  # rows z1 (rotation) and z2 (scale)
+    assert torch.allclose(rows, model.traversal(x[1:2])[:2].flatten(0, 1))
+    assert grids["pca_basis"].shape == (4, 1, 28, 28) and grids["guide_recon"][0].shape == (4, 1, 28, 28)
+    loader = DataLoader(TensorDataset(x, torch.arange(4)), batch_size=3)
+    codes, labels = latent_codes(model, loader)
+    assert torch.allclose(codes, model.encode(x)[0]) and labels.tolist() == [0, 1, 2, 3]
+    nll, sse = reconstruction_errors(model, loader)
+    logits = model.decode(model.encode(x)[0])
+    assert nll == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum").item() / 4, rel=1e-5)
+    assert sse == pytest.approx(((torch.sigmoid(logits) - x) ** 2).sum().item() / 4, rel=1e-5)
 
 
 def test_linear_probe_and_chance_error() -> None:
@@ -158,9 +172,9 @@ def test_excitation_makes_z_t_predict_the_attribute() -> None:
     with torch.no_grad():
         initial = model.excitation_loss(model._encode(x, sample=False)[2], y).item()
     for _ in range(60):
-        encoded = model._encode(x, sample=True)
-        model.adversary_step(encoded[2], y)
-        model.vae_step(x, y, encoded)
+        objective = model.objective(x)
+        model.adversary_step(objective[1].mu, y)
+        model.vae_step(x, y, objective)
     mu = model._encode(x, sample=False)[2]
     excitation_error = ((mu[:, :2] > 0).float() != y).float().mean().item()
     assert excitation_error < 0.1
@@ -180,6 +194,8 @@ def test_attribute_names_resolve_against_the_data() -> None:
         model.resolve_attributes(["Male"])
     with pytest.raises(ValueError, match="1 <= number of attributes"):
         SupervisedGuidedVAE(latent_dim=2, guide_attributes=["Male", "Smiling"])
+    with pytest.raises(ValueError, match="adversary_input must be"):
+        SupervisedGuidedVAE(latent_dim=16, adversary_input="z")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +224,7 @@ def test_supervised_cli_fit_logs_game_terms_accuracies_and_traversals(
     assert {"train/loss", "train/excitation", "train/inhibition", "train/adversary", "val/excitation_err",
             "val/adversary_err", "val/excitation_acc/Smiling", "val/adversary_acc/Black_Hair"} <= set(tags)
     assert tags["train/inhibition"][0][1] == pytest.approx(-tags["train/adversary"][0][1], rel=0.5)  # same game, two sides
-    assert {"val/traversal/Smiling", "val/traversal/Male", "val/traversal/Black_Hair", "val/reconstructions"} <= plugin_tags(
+    assert {"traversal_attr/Smiling", "traversal_attr/Male", "traversal_attr/Black_Hair", "recon", "traversal/0"} <= plugin_tags(
         log_dir, "images")
     ckpt = tmp_path / "guided_vae_celeba" / "checkpoints" / "last.ckpt"
     cli = run_cli(["fit", *common, "--trainer.max_epochs=2", "--ckpt_path", str(ckpt)])

@@ -109,3 +109,14 @@ def test_bad_configuration_is_a_clear_error() -> None:
         warp(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, 3))
     with pytest.raises(ValueError, match="at least one"):
         LatentClassifier(0)
+
+
+def test_standardised_latent_classifier_ignores_the_scale_of_each_latent() -> None:
+    torch.manual_seed(0)
+    clf = LatentClassifier(4, hidden=8, standardize=True)
+    z = torch.randn(32, 4)
+    scaled = z * torch.tensor([1e-2, 10.0, 1.0, 0.1]) + 5.0  # an attribute hidden at a tiny scale is still read
+    assert torch.allclose(clf(z), clf(scaled), atol=1e-3)
+    raw = LatentClassifier(4, hidden=8)
+    assert not torch.allclose(raw(z), raw(scaled), atol=1e-3)
+    assert isinstance(LatentClassifier(4, layers=0).net[0], torch.nn.Linear)  # layers=0: a linear classifier

@@ -153,14 +153,17 @@ class DeformablePCA(nn.Module):
 class LatentClassifier(nn.Module):
     """A small MLP on latent variables giving one logit: the attribute classifiers ``C_t`` of the paper.
 
-    Layers: ``in_dim -> hidden -> hidden -> 1`` with LayerNorm and LeakyReLU(0.2) (the authors' choice).
+    Layers: ``in_dim -> hidden -> hidden -> 1`` with LayerNorm and LeakyReLU(0.2) (the authors' choice); ``layers=0``
+    is a linear classifier. ``standardize``: first standardise each input variable with batch statistics
+    (``BatchNorm1d`` without affine parameters, running statistics in eval mode), like the probes' ``StandardScaler``:
+    an adversary on raw codes can be fooled by shrinking an attribute's direction to a tiny scale.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 32, layers: int = 2) -> None:
+    def __init__(self, in_dim: int, hidden: int = 32, layers: int = 2, standardize: bool = False) -> None:
         super().__init__()
         if in_dim < 1:
             raise ValueError(f"a latent classifier needs at least one input variable, got {in_dim}")
-        blocks: list[nn.Module] = []
+        blocks: list[nn.Module] = [nn.BatchNorm1d(in_dim, eps=1e-8, affine=False)] if standardize else []
         d = in_dim
         for _ in range(layers):
             blocks += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(0.2, inplace=True)]
