@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             print(name, json.dumps(results[name]), flush=True)
     else:  # both at once on the one GPU: two processes, each writes its JSON
         work = Path(args.work or tempfile.mkdtemp(prefix="retro_real_work_"))
+        work.mkdir(parents=True, exist_ok=True)
         procs = []
         for name in names:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--only", name,

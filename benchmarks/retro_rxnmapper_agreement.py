@@ -73,12 +73,18 @@ def main(argv: list[str] | None = None) -> None:
         bare.append(f"{strip_maps(reac)}>>{strip_maps(prod)}")
 
     start = time.perf_counter()
-    mapped = map_reactions(bare, args.batch_size)
+    mapped = []
+    for i in range(0, len(bare), 500):  # in chunks, with progress (the whole file takes minutes on a CPU)
+        mapped += map_reactions(bare[i : i + 500], args.batch_size)
+        print(f"mapped {len(mapped)}/{len(bare)} in {time.perf_counter() - start:.0f} s", flush=True)
     t_map = time.perf_counter() - start
     start = time.perf_counter()
     counts = dict(n=len(rows), map_failed=0, official_none=0, rxn_none=0, exact=0, unnumbered=0, both=0,
                   rep_official=0, rep_rxn=0)
-    for text, (m, _) in zip(official, mapped):
+    for n_done, (text, (m, _)) in enumerate(zip(official, mapped)):
+        if n_done and n_done % 1000 == 0:
+            print(f"templates of {n_done} reactions: {counts['exact']} identical so far "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
         t_off = extract_template(text)
         t_rxn = extract_template(m) if m is not None else None
         counts["map_failed"] += m is None

@@ -193,19 +193,38 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"device: {name}; model d_model={args.d_model}, {args.layers}+{args.layers} layers, "
           f"ff {args.ff or 4 * args.d_model}; "
-          f"{args.steps} training batches (<= {args.max_tokens} tokens); {n_products} products, beam {args.beam}, "
+          f"{'no' if args.skip_training else args.steps} training batches (<= {args.max_tokens} tokens); {n_products} products, beam {args.beam}, "
           f"max {args.max_decode_len} tokens; {torch.get_num_threads()} threads; medians of {args.repeats} alternated "
           f"repeats; batched == one-at-a-time predictions asserted on {n_checked} products")
     print(f"| measurement | plain PyTorch | Lightning | Lightning / plain |")
     print(f"|---|---|---|---|")
-    print(f"| training target tokens/s | {med['plain_train']:.0f} | {med['lightning_train']:.0f} | "
-          f"{med['lightning_train'] / med['plain_train']:.2f} |")
+    if not args.skip_training:
+        print(f"| training target tokens/s | {med['plain_train']:.0f} | {med['lightning_train']:.0f} | "
+              f"{med['lightning_train'] / med['plain_train']:.2f} |")
     print(f"| beam-search products/s | {med['plain_beam']:.2f} | {med['lightning_beam']:.2f} | "
           f"{med['lightning_beam'] / med['plain_beam']:.2f} |")
     ratio = med["plain_beam"] / med["one_at_a_time"]
     print(f"\n| beam search | products/s |\n|---|---|\n| batched ({args.products} per call) | {med['plain_beam']:.2f} |"
           f"\n| one product at a time ({n_checked} products) | {med['one_at_a_time']:.2f} |\n| speed-up | {ratio:.1f}x "
           f"({'meets' if ratio >= 5 else 'BELOW'} the 5x target) |")
+    # the ceiling: a product's beam is already a batch of `beam` rows; batching multiplies the rows of every matrix
+    # product by the number of products, which only helps as much as the matrix-product throughput grows with rows
+    d, ff = args.d_model, args.ff or 4 * args.d_model
+    print("\n| feed-forward matrix product (rows x d @ d x ff) | GFLOP/s |\n|---|---|")
+    gflops = []
+    for rows in (args.beam, args.beam * args.products):
+        x, w = torch.randn(rows, d, device=device), torch.randn(ff, d, device=device)
+        n = max(20, 40000 // rows)
+        for _ in range(3):
+            F.linear(x, w)
+        _sync(args.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            F.linear(x, w)
+        _sync(args.device)
+        gflops.append(2 * rows * d * ff * n / (time.perf_counter() - start) / 1e9)
+        print(f"| {rows} x {d} @ {d} x {ff} | {gflops[-1]:.1f} |")
+    print(f"| ratio (what batching gains where decoding is matrix-product-bound) | {gflops[1] / gflops[0]:.1f}x |")
 
 
 if __name__ == "__main__":
