@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument("--adversary-lr", type=float, default=2e-3)
     parser.add_argument("--adversary-layers", type=int, nargs="+", default=[2],
                         help="hidden layers of the C_t (2: the authors' MLP; 0: linear, like the probes); several: one model each")
-    parser.add_argument("--no-standardize", action="store_true", help="the C_t read raw codes (no batch standardisation)")
+    parser.add_argument("--standardize", action="store_true",
+                        help="the C_t standardise each latent with batch statistics first (default: raw codes, as the config)")
     parser.add_argument("--adversary-input", default="mean", choices=["mean", "sample"],
                         help="what the C_t read in training: posterior means (what the probes read) or samples")
     parser.add_argument("--no-control", action="store_true", help="skip the plain-VAE control")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     print(f"data: {desc}; {args.max_steps} steps of batch {args.batch_size}, {args.image_size} px, arch {args.arch}, "
           f"bottleneck {args.latent_dim}, excitation/inhibition weights {args.excitation_weight:g}/{args.inhibition_weight:g}, "
           f"{args.adversary_steps} adversary updates per batch (lr {args.adversary_lr:g}) on the "
-          f"{'raw' if args.no_standardize else 'standardised'} {args.adversary_input}s")
+          f"{'standardised' if args.standardize else 'raw'} {args.adversary_input}s")
     variants = {
         f"Guided-VAE ({inh}, C_t {'linear' if layers == 0 else f'MLP {layers}'})": (args.excitation_weight, args.inhibition_weight, inh, layers)
         for inh in args.inhibition for layers in args.adversary_layers
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
             in_channels=3, image_size=args.image_size, latent_dim=args.latent_dim, guide_attributes=ATTRIBUTES,
             arch=args.arch, arch_kwargs=arch_kwargs, excitation_weight=exc, inhibition_weight=inh,
             inhibition=inhibition, adversary_steps=args.adversary_steps, adversary_input=args.adversary_input,
-            adversary_layers=layers, adversary_standardize=not args.no_standardize,
+            adversary_layers=layers, adversary_standardize=args.standardize,
             optimizer=lambda p: torch.optim.Adam(p, lr=args.lr), adversary_optimizer=lambda p: torch.optim.Adam(p, lr=args.adversary_lr),
         )
         model.resolve_attributes(ATTRIBUTES)
