@@ -38,9 +38,11 @@ class Snapshots(Callback):
 
     def __init__(self, interval: int, n: int, latent_dim: int) -> None:
         self.interval, self.z, self.sets = interval, torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(7)), []
+        self.iterations = 0  # counted across epochs (batch_idx restarts every epoch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (batch_idx + 1) % self.interval == 0:
+        self.iterations += 1
+        if self.iterations % self.interval == 0:
             pl_module.generator.eval()
             with torch.no_grad():
                 self.sets.append(torch.cat([pl_module.generator(z) for z in self.z.split(500)]).cpu())
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         final = [accuracy(model, norm(tx), ty) for _, (tx, ty) in tasks]
         results[name] = (just_learned, final)
 
-    print(f"\nFake-MNIST forgetting: {args.tasks} tasks (DCGAN snapshots every {args.interval} iterations, "
+    print(f"\nFake-MNIST forgetting: {len(tasks)} tasks (DCGAN snapshots every {args.interval} iterations, "
           f"{args.fake} fake + {args.fake} real images each, 80/20 split), {args.epochs} epochs per task, EWC lambda={args.lam}")
     print("| discriminator | " + " | ".join(f"task {t + 1}" for t in range(len(tasks))) + " | mean over earlier tasks |")
     print("|---|" + "---|" * (len(tasks) + 1))
