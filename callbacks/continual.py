@@ -124,7 +124,7 @@ class ContinualPenalty(Callback):
         self.steps = 0  # optimizer steps of the target's optimizer
         self.tasks = 0
         self.omega: list[Tensor] = []  # IS: path integral of the running task
-        self._pending: dict[str, Any] | None = None
+        self._loaded_state: dict[str, Any] | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._hook = None
         self._module: LightningModule | None = None
@@ -161,9 +161,9 @@ class ContinualPenalty(Callback):
             raise ValueError(f"{type(self).__name__}: no optimizer holds the parameters of {self.target!r}")
         self._optimizer = owners[0]
         self._hook = self._optimizer.register_step_post_hook(self._after_step)
-        if self._pending is not None:
-            self._restore(self._pending)
-            self._pending = None
+        if self._loaded_state is not None:
+            self._restore(self._loaded_state)
+            self._loaded_state = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._detach_hook()
@@ -308,7 +308,7 @@ class ContinualPenalty(Callback):
         if self.params:
             self._restore(state_dict)
         else:
-            self._pending = state_dict
+            self._loaded_state = state_dict
 
     def _restore(self, state: dict[str, Any]) -> None:
         if state["names"] != self.names:
