@@ -481,8 +481,8 @@ class ODIN(Callback):
                 k = info["ranks"][c]
                 t = t_all[:, :k]
                 if "rss" in self.distances:
-                    # ||a - m||² - ||t||² equals the residual norm (orthonormal loadings); clamp rounding
-                    # ||a - m||² - ||t||² is the residual norm (orthonormal loadings), without forming the residual
+                    # ||a - m||² - ||t||² is the residual norm (orthonormal loadings), without forming the
+                    # residual; clamp rounding below zero
                     out[f"{layer}/rss_{c}"] = (sq_norm - t.pow(2).sum(-1)).clamp_min(0.0)
                 if "mahalanobis" in self.distances:
                     out[f"{layer}/mahalanobis_{c}"] = mahalanobis(t, self._precision(layer, c).to(a.device))
