@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument("--arch", default="conv", help="conv (32 px, CPU-friendly), mlp, or conv64 (64 px, the paper's size)")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--inhibition", nargs="+", default=["maximize"], choices=["maximize", "confuse"],
+    parser.add_argument("--inhibition", nargs="+", default=["maximize"], choices=["maximize", "confuse", "least_squares"],
                         help="the encoder's side of the game (several: one Guided-VAE per choice)")
     parser.add_argument("--inhibition-weight", type=float, default=50.0)
     parser.add_argument("--excitation-weight", type=float, default=50.0)

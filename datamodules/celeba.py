@@ -210,7 +210,9 @@ def sample_factors_from_attributes(attrs: pd.DataFrame) -> tuple[np.ndarray | No
     """The procedural sample's factor indices of every row of ``attrs`` (official columns, +-1), or (None, why not).
 
     A row is a sample row when its 40 attributes are exactly ``factors_to_attributes`` of the factors read
-    back from it (one hair colour set, ``No_Beard`` set, every other non-factor column -1).
+    back from it (one hair colour set, none for bald faces, ``No_Beard`` set, every other non-factor column -1).
+    A bald face's hair colour is not drawn and not labelled: it reads back as the first colour, which renders the
+    same face.
     """
     from datamodules.samples import celeba as sample
 
@@ -222,9 +224,11 @@ def sample_factors_from_attributes(attrs: pd.DataFrame) -> tuple[np.ndarray | No
     for j, name in enumerate(sample.FACTOR_NAMES):
         if name == "hair_colour":
             hair = np.stack([values[:, ATTRIBUTES.index(c)] == 1 for c in sample.FACTORS[name]], axis=1)
-            bad = int((hair.sum(1) != 1).sum())
+            bald = values[:, ATTRIBUTES.index("Bald")] == 1
+            bad = int((hair.sum(1) != np.where(bald, 0, 1)).sum())
             if bad:
-                return None, f"{bad} rows do not have exactly one of {', '.join(sample.FACTORS[name])}"
+                return None, (f"{bad} rows do not have exactly one of {', '.join(sample.FACTORS[name])} "
+                              "(none for Bald faces)")
             factors[:, j] = hair.argmax(1)
         else:
             factors[:, j] = values[:, ATTRIBUTES.index(name)] == 1
@@ -242,10 +246,15 @@ def _render_error(factors: np.ndarray, image: np.ndarray) -> float:
 
 
 def _nearest_neighbour_error(factors: np.ndarray, image: np.ndarray) -> float:
-    from datamodules.samples.celeba import FACTOR_SIZES
+    """The smallest render error of a face with one factor changed (the hair colour of a bald face changes nothing
+    drawn, so it is not a neighbour)."""
+    from datamodules.samples.celeba import FACTOR_NAMES, FACTOR_SIZES
 
+    bald = factors[FACTOR_NAMES.index("Bald")] == 1
     errors = []
     for j, size in enumerate(FACTOR_SIZES):
+        if bald and FACTOR_NAMES[j] == "hair_colour":
+            continue
         for value in range(size):
             if value != factors[j]:
                 other = factors.copy()

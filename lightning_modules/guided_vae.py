@@ -40,7 +40,7 @@ from lightning_modules.vae_losses import KLTerm, LossTerm, VAEOutput, reconstruc
 
 __all__ = [
     "DeformablePCATerm", "GuidedVAE", "SupervisedGuidedVAE", "latent_codes", "linear_probe_error", "chance_error",
-    "reconstruction_errors",
+    "reconstruction_errors", "least_squares_r2",
 ]
 
 Recon = Literal["bernoulli", "gaussian"]
@@ -226,8 +226,13 @@ class SupervisedGuidedVAE(_GuidedMixin, VAE):
         beta: weight of the shared ``KLTerm``.
         excitation_weight: weight of the hinge ``max(0, 1 - y_t z_t)`` (summed over attributes).
         inhibition_weight: weight of the encoder's adversarial term.
-        inhibition: ``maximize`` (the paper: the encoder maximises the adversary's cross-entropy) or
-            ``confuse`` (the encoder drives the adversary's prediction to 1/2; a bounded variant).
+        inhibition: the encoder's side of the game. ``maximize`` (the paper: the encoder maximises the ``C_t``'s
+            cross-entropy), ``confuse`` (the encoder drives the ``C_t``'s prediction to 1/2; a bounded variant) or
+            ``least_squares``: the adversary is the least-squares linear classifier of ``y_t`` on ``z_rst_t`` of the
+            batch, solved in closed form (so it is always at its optimum, no lag behind the encoder), and the encoder
+            minimises its explained variance ``R^2`` (:func:`least_squares_r2`). ``R^2 = 0`` means the class means of
+            ``z_rst_t`` coincide, the condition under which no linear probe beats chance (linear guardedness,
+            Belrose et al. 2023, "LEACE"). The ``C_t`` are still trained and logged, as monitors.
         adversary_input: what ``C_t`` reads in training: ``mean`` (the posterior means ``mu_rst_t``, the code a
             probe reads afterwards) or ``sample`` (the reparameterised ``z_rst_t``).
         adversary_hidden: width of the ``C_t`` MLPs.
@@ -252,7 +257,7 @@ class SupervisedGuidedVAE(_GuidedMixin, VAE):
         beta: float = 1.0,
         excitation_weight: float = 1.0,
         inhibition_weight: float = 1.0,
-        inhibition: Literal["maximize", "confuse"] = "maximize",
+        inhibition: Literal["maximize", "confuse", "least_squares"] = "maximize",
         adversary_input: Literal["mean", "sample"] = "mean",
         adversary_hidden: int = 32,
         adversary_layers: int = 2,
@@ -275,8 +280,8 @@ class SupervisedGuidedVAE(_GuidedMixin, VAE):
             raise ValueError(f"adversary_layers must be >= 0, got {adversary_layers}")
         if adversary_steps < 1:
             raise ValueError(f"adversary_steps must be >= 1, got {adversary_steps}")
-        if inhibition not in ("maximize", "confuse"):
-            raise ValueError(f"inhibition must be 'maximize' or 'confuse', got {inhibition!r}")
+        if inhibition not in ("maximize", "confuse", "least_squares"):
+            raise ValueError(f"inhibition must be 'maximize', 'confuse' or 'least_squares', got {inhibition!r}")
         if adversary_input not in ("mean", "sample"):
             raise ValueError(f"adversary_input must be 'mean' or 'sample', got {adversary_input!r}")
         super().__init__(
@@ -352,9 +357,12 @@ class SupervisedGuidedVAE(_GuidedMixin, VAE):
         )
 
     def inhibition_loss(self, z: Tensor, y: Tensor) -> Tensor:
-        """The encoder's side of the game (minimised): ``-adversary_loss`` or the cross-entropy to 1/2."""
+        """The encoder's side of the game (minimised): ``-adversary_loss``, the cross-entropy to 1/2, or
+        ``sum_t R^2`` of the batch's closed-form least-squares adversaries."""
         if self.hparams.inhibition == "maximize":
             return -self.adversary_loss(z, y)
+        if self.hparams.inhibition == "least_squares":
+            return sum(least_squares_r2(self.rest(z, t), y[:, t]) for t in range(y.shape[1]))
         half = torch.full_like(y[:, 0], 0.5)
         return sum(F.binary_cross_entropy_with_logits(c(self.rest(z, t)), half) for t, c in enumerate(self.adversaries))
 
@@ -456,6 +464,23 @@ class SupervisedGuidedVAE(_GuidedMixin, VAE):
             rows = [self.traversal(x[i : i + 1])[t] for i in range(len(x))]
             grids[f"traversal_attr/{name}"] = (torch.cat(rows), self.hparams.traversal_steps)
         return grids
+
+
+def least_squares_r2(z: Tensor, y: Tensor, ridge: float = 1e-3) -> Tensor:
+    """Fraction of the variance of ``y`` (N,) explained by the least-squares linear fit on ``z`` (N, D), with intercept.
+
+    ``R^2 = c^T (S + r I)^-1 c / var(y)`` with ``S`` the covariance of ``z``, ``c`` its covariance with ``y`` and a
+    ridge ``r = ridge * mean(diag S)`` (held constant in the gradient) that keeps the solve well posed for
+    collapsed latents. Differentiable in ``z``; 0 exactly when ``c = 0`` (every class of ``y`` has the same mean ``z``).
+    """
+    zc = z - z.mean(0)
+    yc = y.to(z.dtype) - y.to(z.dtype).mean()
+    n, d = zc.shape
+    cov = zc.T @ zc / n
+    cross = zc.T @ yc / n
+    scale = cov.diagonal().mean().detach().clamp_min(1e-8)
+    w = torch.linalg.solve(cov + ridge * scale * torch.eye(d, dtype=z.dtype, device=z.device), cross)
+    return (cross @ w) / (yc.pow(2).mean() + 1e-8)
 
 
 @torch.no_grad()

@@ -43,9 +43,10 @@ def test_attributes_are_the_known_factors(celeba_root: Path) -> None:
     factors = sample.sample_factors(60, np.random.default_rng(0))
     attrs = read_attributes(celeba_root / "celeba" / "celeba" / "list_attr_celeba.txt")
     for j, name in enumerate(sample.FACTOR_NAMES):
-        if name == "hair_colour":
+        if name == "hair_colour":  # labelled where hair is drawn: not on bald faces (CelebA's convention)
+            drawn = factors[:, sample.FACTOR_NAMES.index("Bald")] == 0
             for value, column in enumerate(sample.FACTORS[name]):
-                assert ((attrs[column].to_numpy() == 1) == (factors[:, j] == value)).all()
+                assert ((attrs[column].to_numpy() == 1) == ((factors[:, j] == value) & drawn)).all()
         else:
             assert ((attrs[name].to_numpy() == 1) == (factors[:, j] == 1)).all()
     # independently sampled: no factor pair is strongly correlated
@@ -67,6 +68,15 @@ def test_factor_sampler_renders_distinct_faces_per_factor() -> None:
     hair = base.copy()
     hair[-1] = 1
     assert (gt.render(hair) - x0).abs().max() > 0.05
+    # the hair colour shows under a hat (so it stays labelled) and not at all on a bald face (not labelled)
+    hat, bald = sample.FACTOR_NAMES.index("Wearing_Hat"), sample.FACTOR_NAMES.index("Bald")
+    hatted = np.stack([base, hair]); hatted[:, hat] = 1
+    assert (gt.render(hatted[1]) - gt.render(hatted[0])).abs().max() > 0.05
+    bald_faces = np.stack([base, hair]); bald_faces[:, bald] = 1
+    assert torch.equal(gt.render(bald_faces[1]), gt.render(bald_faces[0]))
+    hair_columns = [list(sample._attr_columns()).index(c) for c in sample.FACTORS["hair_colour"]]
+    assert (sample.factors_to_attributes(bald_faces)[:, hair_columns] == -1).all()
+    assert (sample.factors_to_attributes(hatted)[:, hair_columns] == 1).sum() == 2
     assert torch.equal(gt.render(base), x0)  # deterministic
 
 

@@ -11,7 +11,8 @@ from lightning import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules.guided_vae import (
-    DeformablePCATerm, GuidedVAE, SupervisedGuidedVAE, chance_error, latent_codes, linear_probe_error, reconstruction_errors,
+    DeformablePCATerm, GuidedVAE, SupervisedGuidedVAE, chance_error, latent_codes, least_squares_r2, linear_probe_error,
+    reconstruction_errors,
 )
 from lightning_modules.vae import VAE
 from lightning_modules.vae_losses import KLTerm
@@ -164,6 +165,49 @@ def test_inhibition_step_raises_the_adversarys_loss_on_a_fixed_batch(inhibition:
     after, after_control = adversary_loss(model), adversary_loss(control)
     assert after > before * 1.05, (before, after)
     assert after > after_control, (after, after_control)
+
+
+def test_least_squares_r2_is_the_explained_variance_of_the_linear_fit() -> None:
+    from sklearn.linear_model import LinearRegression
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(256, 5, generator=g, dtype=torch.float64)
+    y = (z[:, 0] - 0.5 * z[:, 3] + 0.8 * torch.randn(256, generator=g, dtype=torch.float64) > 0).double()
+    expected = LinearRegression().fit(z.numpy(), y.numpy()).score(z.numpy(), y.numpy())
+    assert least_squares_r2(z, y, ridge=0.0).item() == pytest.approx(expected, rel=1e-6)
+    assert least_squares_r2(z, y).item() == pytest.approx(expected, rel=3e-3)  # the default ridge barely moves it
+    # equal class means -> 0, even when the classes differ in spread; and a differentiable loss
+    same_means = torch.cat([z[:64], -z[:64], 3 * z[64:128], -3 * z[64:128]])
+    classes = torch.cat([torch.ones(128), torch.zeros(128)]).double()
+    assert least_squares_r2(same_means, classes).item() < 1e-12
+    z.requires_grad_(True)
+    least_squares_r2(z, y).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_least_squares_inhibition_lowers_the_closed_form_adversarys_fit() -> None:
+    """Paired from the same weights and optimizer state: 10 VAE steps with the inhibition vs the same 10 without."""
+    model, x, y = _attached_model("least_squares", lr=3e-4)
+    model.train()
+    opt = model.optimizers()[0].optimizer
+    weights, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+    def fit() -> float:  # the closed-form adversary's R^2, summed over the two attributes
+        with torch.no_grad():
+            return model.inhibition_loss(model._encode(x, sample=False)[2], y).item()
+
+    before, after = fit(), {}
+    for weight in (0.0, 10.0):
+        model.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
+        model.hparams.inhibition_weight = weight
+        for _ in range(10):
+            torch.manual_seed(1)
+            model.vae_step(x, y)
+        after[weight] = fit()
+    assert before > 1.0, before  # the attributes are readable off z_rst at first (half-image brightness)
+    assert after[0.0] > before  # without inhibition the ELBO makes them more readable ...
+    assert after[10.0] < 0.7 * before, (before, after)  # ... with it the best linear adversary loses ground
 
 
 def test_excitation_makes_z_t_predict_the_attribute() -> None:
