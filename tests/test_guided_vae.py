@@ -267,7 +267,8 @@ def test_supervised_cli_fit_logs_game_terms_accuracies_and_traversals(
     tags = scalars(log_dir)
     assert {"train/loss", "train/excitation", "train/inhibition", "train/adversary", "val/excitation_err",
             "val/adversary_err", "val/excitation_acc/Smiling", "val/adversary_acc/Black_Hair"} <= set(tags)
-    assert tags["train/inhibition"][0][1] == pytest.approx(-tags["train/adversary"][0][1], rel=0.5)  # same game, two sides
+    assert all(0.0 <= v <= 3.0 for _, v in tags["train/inhibition"])  # least_squares: a sum of three R^2
+    assert all(v > 0.0 for _, v in tags["train/adversary"])  # the C_t monitors are trained and logged
     assert {"traversal_attr/Smiling", "traversal_attr/Male", "traversal_attr/Black_Hair", "recon", "traversal/0"} <= plugin_tags(
         log_dir, "images")
     ckpt = tmp_path / "guided_vae_celeba" / "checkpoints" / "last.ckpt"

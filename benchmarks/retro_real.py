@@ -15,11 +15,16 @@ parallel, ~2-3 min classifier + beam-search test):
     #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl rdkit==2025.9.3
     # run(carry=[".whl", "data/uspto_50k"], timeout_s=600, command=
     #   "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
-    #    PYTHONUNBUFFERED=1 python3 benchmarks/retro_real_gpu.py --out $OUT 2>&1 | tee $OUT/retro_real.log")
+    #    PYTHONUNBUFFERED=1 python3 benchmarks/retro_real.py --out $OUT 2>&1 | tee $OUT/retro_real.log")
+
+Without a GPU (both models at once, each with half of the CPU cores; what the README's CPU table ran):
+
+    python benchmarks/retro_real.py --accelerator cpu --budget-s 3000 --latent 2 --max-tokens 8192 --warmup 400 \
+        --out runs/retro_real_cpu
 
 CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
 
-    flock /tmp/paperzoo-cpu.lock python benchmarks/retro_real_gpu.py --budget-s 10 --train-subset 300 \\
+    flock /tmp/paperzoo-cpu.lock python benchmarks/retro_real.py --budget-s 10 --train-subset 300 \\
         --eval-subset 8 --sequential --out /tmp/retro_real_cpu
 """
 
@@ -59,6 +64,8 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
 
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(0)
     gpu = args.accelerator == "gpu"
     if gpu:
@@ -89,7 +96,7 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     out = {key: float(v) for key, v in metrics.items() if key.startswith("test/")}
     out.update(setup_s=setup_s, train_s=train_s, test_s=time.perf_counter() - start, steps=steps, latent=k,
                test_products=len(dm.datasets["test"]), train_examples=len(dm.datasets["train"]),
-               device=torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)")
+               device=torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads per model)")
     return out
 
 
@@ -118,11 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=None, help="per-model logs and JSON of the parallel runs (default: a temp dir; "
                    "kept out of --out so that a device's $OUT holds at most 8 files)")
     p.add_argument("--sequential", action="store_true", help="one model after the other in this process")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per model (default: on the CPU, the cores shared between the models run at once)")
     args = p.parse_args(argv)
     args.precision = args.precision or ("bf16-mixed" if args.accelerator == "gpu" else "32-true")
     args.out = args.out or tempfile.mkdtemp(prefix="retro_real_")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     names = [args.only] if args.only else ["base", "mixture"]
+    if args.threads is None and args.accelerator == "cpu" and not (args.only or args.sequential):
+        args.threads = max(1, (os.cpu_count() or 1) // len(names))
     results: dict[str, dict] = {}
     if args.only or args.sequential:
         for name in names:
@@ -135,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--only", name,
                    "--out", args.out, "--work", str(work)]
+            if args.threads is not None:
+                cmd += ["--threads", str(args.threads)]
             procs.append((name, subprocess.Popen(cmd, stdout=open(work / f"{name}.log", "w"), stderr=subprocess.STDOUT)))
         for name, proc in procs:
             if proc.wait() != 0:
