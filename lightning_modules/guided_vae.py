@@ -472,7 +472,13 @@ def least_squares_r2(z: Tensor, y: Tensor, ridge: float = 1e-3) -> Tensor:
     ``R^2 = c^T (S + r I)^-1 c / var(y)`` with ``S`` the covariance of ``z``, ``c`` its covariance with ``y`` and a
     ridge ``r = ridge * mean(diag S)`` (held constant in the gradient) that keeps the solve well posed for
     collapsed latents. Differentiable in ``z``; 0 exactly when ``c = 0`` (every class of ``y`` has the same mean ``z``).
+    Computed in at least float32, outside autocast (half-precision ``linalg.solve`` is not available everywhere).
     """
+    with torch.autocast(z.device.type, enabled=False):
+        return _least_squares_r2(z if z.dtype == torch.float64 else z.float(), y, ridge)
+
+
+def _least_squares_r2(z: Tensor, y: Tensor, ridge: float) -> Tensor:
     zc = z - z.mean(0)
     yc = y.to(z.dtype) - y.to(z.dtype).mean()
     n, d = zc.shape
