@@ -19,8 +19,8 @@ parallel, ~2-3 min classifier + beam-search test):
 
 Without a GPU (both models at once, each with half of the CPU cores; what the README's CPU table ran):
 
-    python benchmarks/retro_real.py --accelerator cpu --budget-s 3000 --latent 2 --max-tokens 8192 --warmup 400 \
-        --out runs/retro_real_cpu
+    python benchmarks/retro_real.py --accelerator cpu --budget-s 2400 --latent 2 --max-tokens 8192 --warmup 400 \
+        --d-model 128 --layers 3 --ff 512 --out runs/retro_real_cpu
 
 CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
 
@@ -75,7 +75,8 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     dm = USPTODataModule(data_dir=str(Path(args.data_root) / "uspto_50k"), augment=args.augment,
                          max_tokens=args.max_tokens, eval_batch_size=args.eval_batch_size,
                          train_subset=args.train_subset, eval_subset=args.eval_subset, seed=0)
-    model = RetroTransformer(num_latent=k, warmup_steps=args.warmup, noam_factor=args.noam_factor,
+    model = RetroTransformer(d_model=args.d_model, num_encoder_layers=args.layers, num_decoder_layers=args.layers,
+                             dim_feedforward=args.ff, num_latent=k, warmup_steps=args.warmup, noam_factor=args.noam_factor,
                              max_decode_len=args.max_decode_len, val_decode=False,
                              classifier_epochs=args.classifier_epochs,
                              classifier_max_examples=args.classifier_max_examples,
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, 32 on the CPU")
     p.add_argument("--latent", type=int, default=3)
+    p.add_argument("--d-model", dest="d_model", type=int, default=256, help="default: the Molecular Transformer's sizes")
+    p.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each")
+    p.add_argument("--ff", type=int, default=2048)
     p.add_argument("--augment", type=int, default=1)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, default=16384)
     p.add_argument("--warmup", type=int, default=1000)
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     any_r = next(iter(results.values()), {})
     print(f"\n{Path(args.data_root) / 'uspto_50k'}: {any_r.get('train_examples')} training examples (augment {args.augment}), "
           f"{any_r.get('test_products')} test products, beam 10; {args.budget_s:.0f} s of training per model on "
-          f"{any_r.get('device')}, {args.precision}; Molecular Transformer sizes; runs in {args.out}")
+          f"{any_r.get('device')}, {args.precision}; d_model {args.d_model}, {args.layers}+{args.layers} layers, "
+          f"feed-forward {args.ff}; runs in {args.out}")
     print("| model | steps | " + " | ".join(k.split("/")[1] for k in KEYS) + " | setup s | train s | test s |")
     print("|---" * (len(KEYS) + 5) + "|")
     for name, r in results.items():
