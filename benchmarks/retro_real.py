@@ -19,7 +19,7 @@ parallel, ~2-3 min classifier + beam-search test):
 
 Without a GPU (both models at once, each with half of the CPU cores; what the README's CPU table ran):
 
-    python benchmarks/retro_real.py --accelerator cpu --budget-s 2400 --latent 2 --max-tokens 8192 --warmup 400 \
+    python benchmarks/retro_real.py --accelerator cpu --budget-s 2400 --latent 2 --max-tokens 8192 --warmup 400 \\
         --d-model 128 --layers 3 --ff 512 --out runs/retro_real_cpu
 
 CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
