@@ -248,12 +248,11 @@ def _render_error(factors: np.ndarray, image: np.ndarray) -> float:
 def _nearest_neighbour_error(factors: np.ndarray, image: np.ndarray) -> float:
     """The smallest render error of a face with one factor changed (the hair colour of a bald face changes nothing
     drawn, so it is not a neighbour)."""
-    from datamodules.samples.celeba import FACTOR_NAMES, FACTOR_SIZES
+    from datamodules.samples.celeba import FACTOR_NAMES, FACTOR_SIZES, hair_drawn
 
-    bald = factors[FACTOR_NAMES.index("Bald")] == 1
     errors = []
     for j, size in enumerate(FACTOR_SIZES):
-        if bald and FACTOR_NAMES[j] == "hair_colour":
+        if FACTOR_NAMES[j] == "hair_colour" and not hair_drawn(factors):
             continue
         for value in range(size):
             if value != factors[j]:

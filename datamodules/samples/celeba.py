@@ -113,17 +113,22 @@ def _as_dict(factors: Sequence[int] | dict) -> dict[str, int]:
     return values
 
 
+def hair_drawn(factors: np.ndarray) -> np.ndarray:
+    """Whether each face's hair (and so its hair colour) is drawn: not on bald faces. ``(n, 10)`` or ``(10,)`` -> bool."""
+    return np.asarray(factors)[..., FACTOR_NAMES.index("Bald")] == 0
+
+
 def factors_to_attributes(factors: np.ndarray) -> np.ndarray:
     """Factor indices ``(n, 10)`` -> the 40 attribute columns ``(n, 40)`` in {-1, 1}, official order."""
     factors = np.atleast_2d(np.asarray(factors))
     columns = _attr_columns()
     out = -np.ones((len(factors), len(columns)), dtype=np.int8)
     out[:, columns.index("No_Beard")] = 1
-    hair_drawn = factors[:, FACTOR_NAMES.index("Bald")] == 0
+    drawn = hair_drawn(factors)
     for j, name in enumerate(FACTOR_NAMES):
         if name == "hair_colour":
             for value, column in enumerate(FACTORS[name]):
-                out[(factors[:, j] == value) & hair_drawn, columns.index(column)] = 1
+                out[(factors[:, j] == value) & drawn, columns.index(column)] = 1
         else:
             out[:, columns.index(name)] = np.where(factors[:, j] == 1, 1, -1)
     return out
