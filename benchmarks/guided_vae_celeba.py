@@ -68,14 +68,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     parser.add_argument("--data-dir", default=None, help="folder holding celeba/ (default: $PAPERZOO_DATA/celeba)")
     parser.add_argument("--real-check", action="store_true", help="held-out = official val + test (the 600 real images)")
     parser.add_argument("--max-steps", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256, help="as configs/guided_vae_celeba.yaml")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--arch", default="conv", help="conv (32 px, CPU-friendly), mlp, or conv64 (64 px, the paper's size)")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--inhibition", nargs="+", default=["maximize"], choices=["maximize", "confuse", "least_squares"],
-                        help="the encoder's side of the game (several: one Guided-VAE per choice)")
-    parser.add_argument("--inhibition-weight", type=float, default=50.0)
+    parser.add_argument("--inhibition", nargs="+", default=["least_squares", "maximize"],
+                        choices=["maximize", "confuse", "least_squares"],
+                        help="the encoder's side of the game (several: one Guided-VAE per choice); default: the "
+                             "config's least_squares beside the paper's maximize")
+    parser.add_argument("--inhibition-weight", type=float, default=10.0, help="as configs/guided_vae_celeba.yaml")
     parser.add_argument("--excitation-weight", type=float, default=50.0)
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="MLP widths (arch mlp)")
     parser.add_argument("--adversary-steps", type=int, default=5, help="C_t updates per batch")

@@ -62,6 +62,8 @@ def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> d
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=None, help="data root holding uspto_50k/ (default: build the sample)")
+    p.add_argument("--per-class", dest="per_class", type=int, default=60,
+                   help="sample size: at most this many reactions per class (60: the test suite's 519-reaction sample)")
     p.add_argument("--out", default=None, help="output folder (TensorBoard runs, checkpoints)")
     p.add_argument("--budget", default="00:00:03:00", help="training wall-clock per model, DD:HH:MM:SS")
     p.add_argument("--accelerator", default="cpu")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         from datamodules.samples import uspto
 
         args.data_root = tempfile.mkdtemp(prefix="retro_sample_")
-        uspto.build(Path(args.data_root))
+        uspto.build(Path(args.data_root), per_class=args.per_class)
     os.environ["PAPERZOO_DATA"] = str(args.data_root)
     args.out = args.out or tempfile.mkdtemp(prefix="retro_compare_")
     results = {}
