@@ -6,6 +6,7 @@ with beam search and prints top-1/3/5/10, invalid fraction and unique-classes@10
 offline sample (synthetic reactions of real molecules) in a temporary folder.
 
     flock /tmp/paperzoo-cpu.lock python benchmarks/retro_sample_compare.py --budget 00:00:03:00
+    python benchmarks/retro_sample_compare.py --per-class 400 --latent 2 --max-steps 4300   # equal updates
     python benchmarks/retro_sample_compare.py --data-root ../shared/data --accelerator gpu --budget 00:00:03:00 \\
         --d-model 256 --layers 4 --ff 2048     # real USPTO-50k, Molecular Transformer sizes
 """
@@ -45,13 +46,19 @@ def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> d
         common.append(f"--model.init_args.classifier_max_examples={args.classifier_max}")
     if args.precision:
         common.append(f"--trainer.precision={args.precision}")
-    start = time.perf_counter()
-    fit = cli(["fit", *common, f"--trainer.max_time={args.budget}", "--trainer.max_steps=-1",
-               "--trainer.max_epochs=100000", f"--trainer.check_val_every_n_epoch={args.val_every}",
-               "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=20"])
-    train_s = time.perf_counter() - start
-    steps = fit.trainer.global_step
+    budget = [f"--trainer.max_steps={args.max_steps}"] if args.max_steps else [
+        f"--trainer.max_time={args.budget}", "--trainer.max_steps=-1"]
     ckpt = f"{args.ckpt_dir or args.out}/{name}/checkpoints/last.ckpt"
+    if args.test_only:  # re-test the checkpoints an earlier run left in --out
+        import torch
+
+        train_s, steps = float("nan"), torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    else:
+        start = time.perf_counter()
+        fit = cli(["fit", *common, *budget,
+                   "--trainer.max_epochs=100000", f"--trainer.check_val_every_n_epoch={args.val_every}",
+                   "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=20"])
+        train_s, steps = time.perf_counter() - start, fit.trainer.global_step
     start = time.perf_counter()
     test = cli(["test", *common, "--ckpt_path", ckpt])
     out = {k: float(v) for k, v in test.trainer.callback_metrics.items() if k.startswith("test/")}
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="sample size: at most this many reactions per class (60: the test suite's 519-reaction sample)")
     p.add_argument("--out", default=None, help="output folder (TensorBoard runs, checkpoints)")
     p.add_argument("--budget", default="00:00:03:00", help="training wall-clock per model, DD:HH:MM:SS")
+    p.add_argument("--max-steps", dest="max_steps", type=int, default=None,
+                   help="train each model this many steps instead (same number of updates; the mixture's E-step "
+                        "makes its steps dearer, so equal wall-clock gives it fewer)")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--precision", default=None)
     p.add_argument("--latent", type=int, default=3)
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--only", choices=["base", "mixture"], default=None, help="train and test just one model")
+    p.add_argument("--test-only", dest="test_only", action="store_true",
+                   help="only test the checkpoints an earlier run left in --out (same --data-root and model flags)")
     p.add_argument("--ckpt-dir", dest="ckpt_dir", default=None, help="checkpoints (default: under --out)")
     p.add_argument("--classifier-max-examples", dest="classifier_max", type=int, default=None)
     args = p.parse_args(argv)
@@ -105,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.json).write_text(json.dumps(results, indent=2))
     keys = ["test/top1_acc", "test/top3_acc", "test/top5_acc", "test/top10_acc", "test/invalid_frac",
             "test/unique_classes@10"]
-    print(f"\ndata: {args.data_root}; budget {args.budget} of training per model on {args.accelerator}; "
+    budget = f"{args.max_steps} training steps" if args.max_steps else f"{args.budget} of training"
+    print(f"\ndata: {args.data_root}; {budget} per model on {args.accelerator}; "
           f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; runs in {args.out}")
     print("| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |")
     print("|---" * (len(keys) + 4) + "|")

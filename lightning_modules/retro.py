@@ -15,7 +15,8 @@ from torch import Tensor
 
 from lightning_modules.base import PaperzooModule
 from lightning_modules.nets.seq2seq import Seq2SeqTransformer, sequence_nll
-from metrics.chemistry import MeanValue, ReactionClassifier, TopKExactMatch, train_reaction_classifier, unique_classes
+from metrics.chemistry import (MeanValue, ReactionClassifier, TopKExactMatch, canonical_set, fit_reaction_classifier,
+                               unique_classes)
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +244,10 @@ class RetroTransformer(PaperzooModule):
         state = None
         if self.trainer.is_global_zero and reactions:
             with torch.inference_mode(False), torch.enable_grad():
-                clf = ReactionClassifier(num_classes=10).to(self.device)
-                acc = train_reaction_classifier(
-                    clf, [r.product for r in reactions], [r.reactants for r in reactions],
-                    [r.cls - 1 for r in reactions], epochs=self.hparams.classifier_epochs,
-                    max_examples=self.hparams.classifier_max_examples,
-                )
+                clf, acc = fit_reaction_classifier(  # seeded: base and mixture are judged by the same classifier
+                    [r.product for r in reactions], [r.reactants for r in reactions], [r.cls - 1 for r in reactions],
+                    device=self.device, epochs=self.hparams.classifier_epochs,
+                    max_examples=self.hparams.classifier_max_examples)
                 state = {k: v.detach().clone() for k, v in clf.state_dict().items()}
             log.info("reaction-class classifier: training accuracy %.3f on %d reactions", acc, len(reactions))
         state = self.trainer.strategy.broadcast(state, src=0)
@@ -259,7 +258,11 @@ class RetroTransformer(PaperzooModule):
 
     # ------------------------------------------------------------------ decoding
     def predict_reactants(self, src: Tensor, beam_size: int = 10) -> dict[str, Any]:
-        """Ranked reactant SMILES per product. Mixture: ``beam_size`` per latent class, merged by score."""
+        """Ranked reactant SMILES per product, at most ``beam_size``, each a different molecule set: a prediction
+        whose canonical set (``A.B`` = ``B.A``, any spelling) ranks below the same set is dropped, so a top-k list
+        never spends two slots on one answer. Mixture: ``beam_size`` per latent class, merged by score (the paper's
+        "combine those based on likelihoods"). ``scores``/``latent`` follow the kept predictions (``-inf``/``-1``
+        pad a product left with fewer than ``beam_size``)."""
         K, B = self.hparams.num_latent, src.shape[0]
         itos = self.vocab_itos
         if K > 1:
@@ -277,16 +280,22 @@ class RetroTransformer(PaperzooModule):
                                                   self.hparams.length_penalty)
             latent = torch.zeros_like(scores, dtype=torch.long)
         smiles = []
+        kept_scores = torch.full((B, beam_size), float("-inf"), device=scores.device)
+        kept_latent = torch.full((B, beam_size), -1, dtype=torch.long, device=scores.device)
         for b in range(B):
             row, seen = [], set()
             for j in range(tokens.shape[1]):
                 s = _decode(tokens[b, j].tolist(), itos)
-                if s in seen:  # the same string from two latent classes: keep the better one
+                key = canonical_set(s) or f"invalid:{s}"  # invalid strings are only deduplicated verbatim
+                if key in seen:  # the same molecules again (another spelling, or another latent class)
                     continue
-                seen.add(s)
+                seen.add(key)
+                kept_scores[b, len(row)], kept_latent[b, len(row)] = scores[b, j], latent[b, j]
                 row.append(s)
-            smiles.append(row[:beam_size])
-        return {"smiles": smiles, "scores": scores, "latent": latent}
+                if len(row) == beam_size:
+                    break
+            smiles.append(row)
+        return {"smiles": smiles, "scores": kept_scores, "latent": kept_latent}
 
 
 def _decode(ids: list[int], itos: list[str]) -> str:

@@ -279,6 +279,20 @@ def train_reaction_classifier(
     return correct / len(data)
 
 
+def fit_reaction_classifier(products: Sequence[str], reactants: Sequence[str], labels: Sequence[int],
+                            num_classes: int = 10, device: torch.device | str = "cpu", seed: int = 0,
+                            **train_kwargs) -> tuple[ReactionClassifier, float]:
+    """A :class:`ReactionClassifier` initialised and trained from ``seed`` alone, the global RNG untouched: the
+    same classifier whatever ran before it (models compared by unique-classes@10 are judged by the same one).
+    Returns (model in eval mode, final training accuracy)."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = ReactionClassifier(num_classes=num_classes).to(device)
+        acc = train_reaction_classifier(model, products, reactants, labels, seed=seed, **train_kwargs)
+    return model, acc
+
+
 def unique_classes(classes: Tensor) -> Tensor:
     """Number of distinct valid (>= 0) classes per row of ``(B, k)`` predicted class indices."""
     out = []

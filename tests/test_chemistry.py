@@ -9,6 +9,7 @@ from metrics.chemistry import (
     ReactionClassifier,
     TopKExactMatch,
     canonical_set,
+    fit_reaction_classifier,
     train_reaction_classifier,
     unique_classes,
 )
@@ -67,3 +68,19 @@ def test_reaction_classifier_learns_two_classes() -> None:
     pred = clf.predict(["CC(=O)NCCCCCCCC", "Nc1ccc(CCCCCCCC)cc1", "C1CC"],
                        ["CC(=O)O.NCCCCCCCC", "O=[N+]([O-])c1ccc(CCCCCCCC)cc1", "CC"])
     assert pred.tolist() == [0, 1, -1]  # invalid product -> -1
+
+
+def test_fit_reaction_classifier_ignores_and_keeps_the_global_rng() -> None:
+    """Same seed, same classifier, whatever the global RNG did before; and the global RNG is left as it was."""
+    pairs = [("CC(=O)NC" + "C" * i, "CC(=O)O.NC" + "C" * i) for i in range(3)]
+    pairs += [("Nc1ccc(C" + "C" * i + ")cc1", "O=[N+]([O-])c1ccc(C" + "C" * i + ")cc1") for i in range(3)]
+    args = ([p for p, _ in pairs], [r for _, r in pairs], [0, 0, 0, 1, 1, 1])
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        torch.rand(global_seed * 7)
+        expected = torch.rand(3, generator=torch.Generator().manual_seed(0).set_state(torch.get_rng_state()))
+        model, _ = fit_reaction_classifier(*args, num_classes=2, epochs=2, batch_size=4)
+        assert torch.equal(torch.rand(3), expected)  # global RNG untouched
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

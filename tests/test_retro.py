@@ -67,6 +67,30 @@ def test_length_penalty_reranks_by_normalised_score() -> None:
     assert (scores[:, :-1] >= scores[:, 1:] - 1e-6).all()
 
 
+def test_merged_top_k_keeps_one_prediction_per_molecule_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mixture's merge (and any beam) drops a prediction whose canonical set ranks below the same set: "OCC"
+    after "CCO", "O.CC" after "CC.O"; invalid strings only when verbatim repeats. Scores and latents follow."""
+    vocab = ["<pad>", "<bos>", "<eos>", "<unk>", "C", "O", ".", "(", "X"]
+    model = RetroTransformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=16,
+                             num_latent=2, vocab=vocab).eval()
+    ids = {t: i for i, t in enumerate(vocab)}
+
+    def fake_beam(src, beam_size, max_len, length_penalty, z):  # per latent class: beam_size hypotheses
+        per_latent = [["CCO", "CC.O", "C(", "C"], ["OCC", "O.CC", "C(", "CO"]]
+        toks = torch.zeros(2, beam_size, 5, dtype=torch.long)
+        for k in range(2):
+            for j, s in enumerate(per_latent[k]):
+                toks[k, j, : len(s) + 1] = torch.tensor([ids[c] for c in s] + [ids["<eos>"]])
+        scores = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-1.5, -2.5, -3.5, -0.5]])
+        return toks, scores
+
+    monkeypatch.setattr(model.net, "beam_search", fake_beam)
+    out = model.predict_reactants(torch.ones(1, 3, dtype=torch.long), beam_size=4)
+    assert out["smiles"] == [["CO", "CCO", "CC.O", "C("]]
+    assert out["scores"].tolist() == [[-0.5, -1.0, -2.0, -3.0]]
+    assert out["latent"].tolist() == [[1, 0, 0, 0]]
+
+
 def test_hard_em_picks_lowest_loss_latent_with_dropout_off() -> None:
     torch.manual_seed(0)
     model = RetroTransformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
