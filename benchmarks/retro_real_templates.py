@@ -25,15 +25,8 @@ import statistics
 import time
 import warnings
 from collections import Counter
-from multiprocessing import Pool
 
-from datamodules import uspto
-from datamodules.uspto import TemplateLibrary, USPTODataModule, extract_template
-
-
-def _extract(item: tuple[str, str]) -> tuple[str, str | None]:
-    key, mapped = item
-    return key, extract_template(mapped, key.split("|", 1)[0])
+from datamodules.uspto import TemplateLibrary, USPTODataModule, extract_templates
 
 
 def _naive(product: str, templates: list[str], tries: int, max_examples: int, seed: int) -> list[str]:
@@ -84,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                  f"{time.perf_counter() - start:.0f} s"))
 
     start = time.perf_counter()
-    todo = {f"{r.id}|{r.mapped}": r.mapped for s in given.values() for r in s if r.mapped is not None}
-    with Pool(args.workers) as pool:
-        uspto._TEMPLATE_CACHE.update(pool.imap_unordered(_extract, todo.items(), chunksize=200))
+    extract_templates([r for s in given.values() for r in s], args.workers)
     t_extract = time.perf_counter() - start
     tmpl = {s: [dm._template_of(r) for r in given[s]] for s in given}
     total = sum(len(v) for v in given.values())
