@@ -740,7 +740,13 @@ class USPTODataModule(LightningDataModule):
             self.datasets["train"] = self._examples("train")
         if self.vocab is None:
             ds = self.datasets["train"]
-            self.vocab = Vocabulary.build(ds.sources + ds.targets)
+            tokens = ds.sources + ds.targets
+            if self.hparams.pretrain != "none":
+                # fine-tuning keeps the pre-trained checkpoint's vocabulary, so it must also hold the tokens that
+                # only the real reactants have (leaving groups such as a boronic acid's B): pre-training targets
+                # are pieces of the products and would leave them <unk>, impossible to predict after fine-tuning
+                tokens = tokens + [tokenize(r.reactants) for r in self.reactions("train")]
+            self.vocab = Vocabulary.build(tokens)
             log.info("USPTO vocabulary: %d tokens from the training split", len(self.vocab))
         for split in ("val", "test"):
             if split not in self.datasets and stage in (None, "fit", "validate", "test", "predict"):

@@ -155,6 +155,20 @@ def test_random_disconnections_break_one_acyclic_bond() -> None:
         assert Chem.MolFromSmiles(smi).GetRingInfo().NumRings() == Chem.MolFromSmiles(t).GetRingInfo().NumRings()
 
 
+def test_pretraining_vocabulary_holds_the_real_reactants_tokens() -> None:
+    # fine-tuning keeps the pre-trained vocabulary: tokens only reactants have (the sample's Suzuki boronic acids,
+    # B) must be in it, or no fine-tuned model could ever write them
+    folder = uspto_sample() / "uspto_50k"
+    plain = USPTODataModule(data_dir=folder)
+    plain.setup("fit")
+    pre = USPTODataModule(data_dir=folder, pretrain="random", pretrain_examples=3)
+    pre.setup("fit")
+    fragments = set(t for tokens in pre.datasets["train"].targets for t in tokens)
+    assert "B" not in fragments  # pre-training targets are pieces of products: no boronic acid among them
+    assert set(plain.vocab.itos) <= set(pre.vocab.itos)
+    assert "B" in pre.vocab.stoi
+
+
 @pytest.mark.realdata
 def test_real_uspto_files_read(shared_data: Path, tmp_path: Path) -> None:
     folder = shared_data / "uspto_50k"
