@@ -7,6 +7,7 @@ offline sample (synthetic reactions of real molecules) in a temporary folder.
 
     flock /tmp/paperzoo-cpu.lock python benchmarks/retro_sample_compare.py --budget 00:00:03:00
     python benchmarks/retro_sample_compare.py --per-class 400 --latent 2 --max-steps 4300   # equal updates
+    python benchmarks/retro_sample_compare.py --per-class 400 --pretrain random --pretrain-steps 3000 --max-steps 4300
     python benchmarks/retro_sample_compare.py --data-root ../shared/data --accelerator gpu --budget 00:00:03:00 \\
         --d-model 256 --layers 4 --ff 2048     # real USPTO-50k, Molecular Transformer sizes
 """
@@ -23,10 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
-    from lightning_modules.cli import cli
-
-    common = [
+def common_args(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
+    out = [
         "--config", str(REPO / "configs" / config),
         f"--trainer.default_root_dir={args.out}", f"--trainer.logger.init_args.save_dir={args.out}",
         f"--trainer.logger.init_args.name={name}", f"--checkpoint.dirpath={args.ckpt_dir or args.out}/{name}/checkpoints",
@@ -41,11 +40,37 @@ def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> d
         *extra,
     ]
     if args.eval_subset:
-        common.append(f"--data.init_args.eval_subset={args.eval_subset}")
+        out.append(f"--data.init_args.eval_subset={args.eval_subset}")
     if args.classifier_max:
-        common.append(f"--model.init_args.classifier_max_examples={args.classifier_max}")
+        out.append(f"--model.init_args.classifier_max_examples={args.classifier_max}")
     if args.precision:
-        common.append(f"--trainer.precision={args.precision}")
+        out.append(f"--trainer.precision={args.precision}")
+    return out
+
+
+FIT = ["--trainer.max_epochs=100000", "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=20"]
+
+
+def pretrain(args: argparse.Namespace) -> str:
+    """Pre-train one base model (``configs/retro_pretrain_uspto.yaml``) for ``--pretrain-steps``; its checkpoint
+    initialises both models (the mixture's latent embeddings start fresh)."""
+    from lightning_modules.cli import cli
+
+    name = f"retro_pretrain_{args.pretrain}"
+    ckpt = f"{args.ckpt_dir or args.out}/{name}/checkpoints/last.ckpt"
+    if not args.test_only:
+        start = time.perf_counter()
+        cli(["fit", *common_args("retro_pretrain_uspto.yaml", name, args, [f"--data.init_args.pretrain={args.pretrain}"]),
+             f"--trainer.max_steps={args.pretrain_steps}", "--trainer.limit_val_batches=0", *FIT])
+        print(f"pre-train ({args.pretrain}): {args.pretrain_steps} steps in {time.perf_counter() - start:.0f} s",
+              flush=True)
+    return ckpt
+
+
+def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> dict[str, float]:
+    from lightning_modules.cli import cli
+
+    common = common_args(config, name, args, extra)
     budget = [f"--trainer.max_steps={args.max_steps}"] if args.max_steps else [
         f"--trainer.max_time={args.budget}", "--trainer.max_steps=-1"]
     ckpt = f"{args.ckpt_dir or args.out}/{name}/checkpoints/last.ckpt"
@@ -55,9 +80,7 @@ def run(config: str, name: str, args: argparse.Namespace, extra: list[str]) -> d
         train_s, steps = float("nan"), torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
     else:
         start = time.perf_counter()
-        fit = cli(["fit", *common, *budget,
-                   "--trainer.max_epochs=100000", f"--trainer.check_val_every_n_epoch={args.val_every}",
-                   "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=20"])
+        fit = cli(["fit", *common, *budget, f"--trainer.check_val_every_n_epoch={args.val_every}", *FIT])
         train_s, steps = time.perf_counter() - start, fit.trainer.global_step
     start = time.perf_counter()
     test = cli(["test", *common, "--ckpt_path", ckpt])
@@ -96,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-only", dest="test_only", action="store_true",
                    help="only test the checkpoints an earlier run left in --out (same --data-root and model flags)")
     p.add_argument("--ckpt-dir", dest="ckpt_dir", default=None, help="checkpoints (default: under --out)")
+    p.add_argument("--pretrain", choices=["none", "random", "template"], default="none",
+                   help="pre-train one base model on the training products first (the paper's Pre-train (R) / (T)); "
+                        "base and mixture are both fine-tuned from its checkpoint")
+    p.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, default=2000)
     p.add_argument("--classifier-max-examples", dest="classifier_max", type=int, default=None)
     args = p.parse_args(argv)
     if args.data_root is None:
@@ -106,19 +133,25 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["PAPERZOO_DATA"] = str(args.data_root)
     args.out = args.out or tempfile.mkdtemp(prefix="retro_compare_")
     results = {}
+    init = []
+    if args.pretrain != "none":
+        init = [f"--model.init_args.init_from={pretrain(args)}"]
     for name, config, k in (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml",
                                                               args.latent)):
         if args.only and not name.startswith(args.only):
             continue
         results[name] = run(config, "retro_base" if k == 1 else "retro_mixture", args,
-                            [f"--model.init_args.num_latent={k}"])
+                            [f"--model.init_args.num_latent={k}", *init])
         print(name, json.dumps(results[name]), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     keys = ["test/top1_acc", "test/top3_acc", "test/top5_acc", "test/top10_acc", "test/invalid_frac",
             "test/unique_classes@10"]
     budget = f"{args.max_steps} training steps" if args.max_steps else f"{args.budget} of training"
-    print(f"\ndata: {args.data_root}; {budget} per model on {args.accelerator}; "
+    budget += " per model"
+    if args.pretrain != "none":
+        budget += f", fine-tuned from one {args.pretrain_steps}-step pre-training ({args.pretrain})"
+    print(f"\ndata: {args.data_root}; {budget} on {args.accelerator}; "
           f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; runs in {args.out}")
     print("| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |")
     print("|---" * (len(keys) + 4) + "|")
