@@ -2,7 +2,7 @@
 template pre-training, all through ``USPTODataModule``.
 
 1. ``atom_mapping=rxnmapper``: the unmapped real training file (``raw_train_UNMAPPED_derived.csv``) is atom-mapped
-   once and cached (``--mapping-cache-dir``; ~15 min on 2 CPU cores the first time, instant after);
+   once and cached (``--cache-dir``; ~15 min on 2 CPU cores the first time, instant after);
 2. rdchiral retro templates of all 50,016 reactions (training: rxnmapper's maps; val/test: the official maps),
    extracted in ``--workers`` processes: how many reactions have one, how many distinct templates, how many test
    reactions a training template can solve (the ceiling of any template-based model on the given split);
@@ -13,7 +13,7 @@ template pre-training, all through ``USPTODataModule``.
    :class:`TemplateLibrary` (fingerprint screen + substructure match, then rdchiral), beside the naive alternative
    (``--naive-tries`` randomly chosen templates per product): examples per product and seconds per product.
 
-    PAPERZOO_DATA=../shared/data python benchmarks/retro_real_templates.py --mapping-cache-dir ~/.cache/paperzoo
+    PAPERZOO_DATA=../shared/data python benchmarks/retro_real_templates.py --cache-dir ~/.cache/paperzoo
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def _naive(product: str, templates: list[str], tries: int, max_examples: int, se
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="folder with the USPTO-50k CSVs (default $PAPERZOO_DATA/uspto_50k)")
-    p.add_argument("--mapping-cache-dir", dest="cache", default=None,
-                   help="where the rxnmapper-mapped training file is cached (default $PAPERZOO_DATA/uspto_50k_rxnmapper)")
+    p.add_argument("--cache-dir", dest="cache", default=None,
+                   help="USPTODataModule's cache_dir, where the rxnmapper-mapped training file is cached "
+                        "(default $PAPERZOO_DATA/uspto_50k_cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for template extraction")
     p.add_argument("--rare", type=int, default=10, help="rare subset: template seen at most this many times")
     p.add_argument("--pretrain-products", dest="pretrain_products", type=int, default=300)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    common = dict(data_dir=args.data_dir, atom_mapping="rxnmapper", mapping_cache_dir=args.cache, seed=args.seed)
+    common = dict(data_dir=args.data_dir, atom_mapping="rxnmapper", cache_dir=args.cache, seed=args.seed)
     rows: list[tuple[str, str]] = []
 
     start = time.perf_counter()

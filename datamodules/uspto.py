@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -465,6 +467,46 @@ def apply_templates(product: str, templates: Sequence[str] | TemplateLibrary, ma
     return library.apply(product, max_examples, seed)
 
 
+_WORKER_LIBRARY: TemplateLibrary | None = None  # one compiled library per worker process
+
+
+def _init_worker_library(templates: Sequence[str]) -> None:
+    global _WORKER_LIBRARY
+    _WORKER_LIBRARY = TemplateLibrary(templates)
+
+
+def _apply_item(item: tuple[str, int, int]) -> list[str]:
+    product, max_examples, seed = item
+    return _WORKER_LIBRARY.apply(product, max_examples, seed)
+
+
+def template_pretraining_targets(products: Sequence[str], templates: Sequence[str], max_examples: int = 10,
+                                 seed: int = 0, processes: int = 1) -> list[list[str]]:
+    """Template pre-training targets of every product (product ``i`` seeded ``seed + i``, so the result does not
+    depend on ``processes``): USPTO-50k's 40,008 training products cost ~53 min of one core."""
+    items = [(p, max_examples, seed + i) for i, p in enumerate(products)]
+    if processes > 1 and len(items) > 1:
+        from multiprocessing import Pool
+
+        with Pool(processes, initializer=_init_worker_library, initargs=(list(templates),)) as pool:
+            return list(pool.imap(_apply_item, items, chunksize=64))
+    library = TemplateLibrary(templates)
+    return [library.apply(*item) for item in items]
+
+
+def _write_json(path: Path, obj: object) -> bool:
+    """Write ``obj`` to ``path`` atomically; ``False`` (logged) where the folder is not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(obj))
+        tmp.replace(path)
+    except OSError as err:
+        log.warning("could not write the cache file %s (%s): it will be computed again next time", path, err)
+        return False
+    return True
+
+
 class Seq2SeqDataset(Dataset):
     """(source tokens, target tokens, class, target SMILES) examples; encoded at batch time."""
 
@@ -555,9 +597,14 @@ class USPTODataModule(LightningDataModule):
             of USPTO-50k's test reactions). Needs atom maps everywhere.
         atom_mapping: ``given`` (use the files' atom maps) or ``rxnmapper``: a file without atom maps (the real
             ``raw_train_UNMAPPED_derived.csv``) is atom-mapped with rxnmapper once (in ``prepare_data``, ~10-20
-            reactions/s on a CPU) and the mapped copy is cached in ``mapping_cache_dir`` (keyed by the source
+            reactions/s on a CPU) and the mapped copy is cached in ``cache_dir`` (keyed by the source
             file's hash) and used from then on; the template options then work on the real data.
-        mapping_cache_dir: where the rxnmapper-mapped copies live; default ``$PAPERZOO_DATA/uspto_50k_rxnmapper``.
+        cache_dir: derived files, each made once (in ``prepare_data``: rank 0 of a node) and keyed by a hash of
+            what it is made from: rxnmapper-mapped copies, the templates extracted from each file, template
+            pre-training examples. Default ``$PAPERZOO_DATA/uspto_50k_cache``; where it is not writable, the
+            work is redone in every run (logged).
+        preprocess_workers: processes for template extraction and template pre-training examples (the real
+            training split costs ~11 and ~53 min of one core, once thanks to the cache).
         max_tokens: token budget of a training batch (padded ``batch * max(len(src), len(tgt)+1)``).
         eval_batch_size: products per validation/test batch (beam search memory grows with it).
         train_subset, eval_subset: keep only the first N reactions (quick runs).
@@ -578,7 +625,8 @@ class USPTODataModule(LightningDataModule):
         split: Literal["given", "template"] = "given",
         rare_templates: int | None = None,
         atom_mapping: Literal["given", "rxnmapper"] = "given",
-        mapping_cache_dir: str | None = None,
+        cache_dir: str | None = None,
+        preprocess_workers: int = 1,
         max_tokens: int = 4096,
         max_batch: int | None = None,
         eval_batch_size: int = 64,
@@ -611,18 +659,66 @@ class USPTODataModule(LightningDataModule):
 
     def _mapped_copy(self, path: Path) -> Path:
         """The rxnmapper-mapped copy of ``path`` in the cache (made once)."""
-        cache = resolve_data_dir(self.hparams.mapping_cache_dir, "uspto_50k_rxnmapper")
-        dst = cache / f"{path.stem}.{_file_digest(path)}.rxnmapper.csv"
+        dst = self._cache_dir() / f"{path.stem}.{_file_digest(path)}.rxnmapper.csv"
         if not dst.is_file():
             mapped, failed = map_reaction_file(path, dst)
             log.info("rxnmapper: %d reactions mapped, %d could not be mapped; cached as %s", mapped, failed, dst)
         return dst
 
+    def _cache_dir(self) -> Path:
+        return resolve_data_dir(self.hparams.cache_dir, "uspto_50k_cache")
+
     def prepare_data(self) -> None:
-        # rank 0 of each node maps the unmapped files once (rxnmapper); the other ranks then read the cache
+        # rank 0 of each node makes the derived files once (rxnmapper maps, templates, template pre-training
+        # examples); every rank's setup then reads them from the cache
         if self.hparams.atom_mapping == "rxnmapper":
             for split in ("train", "val", "test"):
                 self._path(split)
+        if self.hparams.split == "template" or self.hparams.rare_templates is not None:
+            self.reactions("train")
+        if self.hparams.pretrain == "template":
+            reactions = self.reactions("train")
+            self._cached_templates({"train": reactions})
+            self._template_pretraining_targets(reactions)
+
+    def _cached_templates(self, by_split: dict[str, list[Reaction]]) -> None:
+        """Make the templates of these reactions known to :func:`template_of`: read from the cache file of the
+        split's CSV, the missing ones extracted (``preprocess_workers`` processes) and added to that file."""
+        for split, reactions in by_split.items():
+            path = self._path(split)
+            cache = self._cache_dir() / f"{path.stem}.{_file_digest(path)}.templates.json"
+            stored: dict[str, str | None] = json.loads(cache.read_text()) if cache.is_file() else {}
+            for key, template in stored.items():
+                _TEMPLATE_CACHE.setdefault(key, template)
+            missing = [r for r in reactions if r.mapped is not None and _template_key(r) not in stored]
+            if not missing:
+                continue
+            start = time.perf_counter()
+            extract_templates(missing, self.hparams.preprocess_workers)
+            stored.update({_template_key(r): _TEMPLATE_CACHE[_template_key(r)] for r in missing})
+            if _write_json(cache, stored):
+                log.info("USPTO %s: templates of %d reactions extracted in %.0f s, cached in %s", split, len(missing),
+                         time.perf_counter() - start, cache)
+
+    def _template_pretraining_targets(self, reactions: list[Reaction]) -> list[list[str]]:
+        """Template pre-training targets of the training products (the training templates applied to them), made
+        once and cached: the key hashes the products, the templates, ``pretrain_examples`` and ``seed``."""
+        templates = sorted({t for t in map(template_of, reactions) if t})
+        n, seed = self.hparams.pretrain_examples, self.hparams.seed
+        products = [r.product for r in reactions]
+        key = hashlib.sha256(json.dumps(["template-pretraining/1", n, seed, templates, products]).encode())
+        cache = self._cache_dir() / f"pretrain_template.{key.hexdigest()[:16]}.json"
+        if cache.is_file():
+            targets = json.loads(cache.read_text())
+            log.info("USPTO template pre-training: examples of %d products read from %s", len(products), cache)
+            return targets
+        start = time.perf_counter()
+        targets = template_pretraining_targets(products, templates, n, seed, self.hparams.preprocess_workers)
+        log.info("USPTO template pre-training: %d examples for %d products from %d templates in %.0f s (%d processes)",
+                 sum(map(len, targets)), len(products), len(templates), time.perf_counter() - start,
+                 self.hparams.preprocess_workers)
+        _write_json(cache, targets)
+        return targets
 
     def reactions(self, split: str) -> list[Reaction]:
         """Canonical reactions of a split (``train``/``val``/``test``), invalid lines skipped and counted."""
@@ -658,6 +754,7 @@ class USPTODataModule(LightningDataModule):
 
     def _template_splits(self) -> None:
         given = {s: self._read_mapped(s) for s in ("train", "val", "test")}
+        self._cached_templates(given)
         if self.hparams.split == "template":
             every = given["train"] + given["val"] + given["test"]
             groups: dict[str, list[Reaction]] = {}
@@ -702,12 +799,10 @@ class USPTODataModule(LightningDataModule):
         elif split == "train" and self.hparams.pretrain == "template":
             if any(r.mapped is None for r in reactions):
                 self._read_mapped("train")  # raises the clear error
-            library = TemplateLibrary(sorted({t for t in (self._template_of(r) for r in reactions) if t}))
-            for i, r in enumerate(reactions):
-                for t in library.apply(r.product, self.hparams.pretrain_examples, seed + i):
-                    pairs.append((r.product, t, r.cls, r.product))
-            log.info("USPTO template pre-training: %d examples for %d products from %d templates", len(pairs),
-                     len(reactions), len(library))
+            if self.hparams.split == "given":  # (the template split's reactions have theirs already)
+                self._cached_templates({"train": reactions})
+            for r, targets in zip(reactions, self._template_pretraining_targets(reactions)):
+                pairs += [(r.product, t, r.cls, r.product) for t in targets]
         else:
             pairs = [(r.product, r.reactants, r.cls, r.product) for r in reactions]
         if split == "train" and self.hparams.augment:
@@ -826,6 +921,6 @@ def token_count(batch: dict) -> int:
 
 __all__ = [
     "CLASS_NAMES", "Reaction", "SMILES_REGEX", "TemplateLibrary", "TokenBudgetBatchSampler", "USPTODataModule",
-    "Vocabulary", "apply_templates", "extract_templates", "map_reaction_file", "map_reactions",
+    "Vocabulary", "apply_templates", "extract_templates", "template_pretraining_targets", "map_reaction_file", "map_reactions",
     "random_disconnections", "random_smiles", "read_reactions", "strip_maps", "template_of", "tokenize",
 ]

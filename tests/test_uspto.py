@@ -203,14 +203,15 @@ def test_real_uspto_full_sizes(shared_data: Path) -> None:
 
 def test_template_split_rare_subset_and_template_pretraining(tmp_path: Path) -> None:
     folder = str(uspto_sample() / "uspto_50k")
-    dm = USPTODataModule(data_dir=folder, split="template", augment=0)
+    cache = str(tmp_path / "cache")
+    dm = USPTODataModule(data_dir=folder, split="template", augment=0, cache_dir=cache)
     sizes = {s: len(dm.reactions(s)) for s in ("train", "val", "test")}
     total = sum(1 for s in ("train", "val", "test") for _ in read_reactions(Path(folder) / f"raw_{s}.csv")[0])
     assert sum(sizes.values()) == total and sizes["train"] >= 0.75 * total and sizes["test"] > 0
     train_templates = {dm._template_of(r) for r in dm.reactions("train")}
     # the paper's template split: no test reaction can be solved by a training template
     assert not any(dm._template_of(r) in train_templates for r in dm.reactions("test") + dm.reactions("val"))
-    rare = USPTODataModule(data_dir=folder, rare_templates=2)
+    rare = USPTODataModule(data_dir=folder, rare_templates=2, cache_dir=cache)
     counts = {}  # the paper counts a template's reactions over the entire data set, not just training
     for s in ("train", "val", "test"):
         for r in read_reactions(Path(folder) / f"raw_{s}.csv")[0]:
@@ -219,11 +220,39 @@ def test_template_split_rare_subset_and_template_pretraining(tmp_path: Path) -> 
     test = read_reactions(Path(folder) / "raw_test.csv")[0]
     assert 0 < len(kept) < len(test)
     assert {r.id for r in kept} == {r.id for r in test if counts[rare._template_of(r)] <= 2}
-    pre = USPTODataModule(data_dir=folder, pretrain="template", train_subset=30, pretrain_examples=3)
+    pre = USPTODataModule(data_dir=folder, pretrain="template", train_subset=30, pretrain_examples=3, cache_dir=cache)
     pre.setup("fit")
     ds = pre.datasets["train"]
     assert len(ds) > 30  # several template outcomes per product
     assert all(canonical_set("".join(t)) is not None for t in ds.targets)
+
+
+def test_template_work_is_done_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_data extracts the templates and makes the template pre-training examples once (in 2 processes:
+    the same examples as one process), caches them, and a later run (or another DDP rank) only reads them."""
+    import datamodules.uspto as uspto
+
+    folder, cache = str(uspto_sample() / "uspto_50k"), tmp_path / "cache"
+    kwargs = dict(data_dir=folder, pretrain="template", train_subset=40, pretrain_examples=3, cache_dir=str(cache))
+    first = USPTODataModule(**kwargs, preprocess_workers=2)
+    first.prepare_data()
+    first.setup("fit")
+    reactions = first.reactions("train")
+    templates = sorted({t for t in map(uspto.template_of, reactions) if t})
+    serial = uspto.template_pretraining_targets([r.product for r in reactions], templates, 3, seed=0, processes=1)
+    assert [["".join(t)] for t in first.datasets["train"].targets] == [[t] for ts in serial for t in ts]
+    assert len(list(cache.glob("raw_train.*.templates.json"))) == 1
+    assert len(list(cache.glob("pretrain_template.*.json"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed instead of read from the cache")
+
+    monkeypatch.setattr(uspto, "_TEMPLATE_CACHE", {})  # a fresh process: nothing in memory
+    monkeypatch.setattr(uspto, "extract_template", fail)
+    monkeypatch.setattr(uspto.TemplateLibrary, "apply", fail)
+    again = USPTODataModule(**kwargs)
+    again.setup("fit")
+    assert again.datasets["train"].targets == first.datasets["train"].targets
 
 
 def test_template_library_screen_has_no_false_negatives() -> None:
@@ -285,7 +314,7 @@ def test_rxnmapper_maps_training_file_once_and_caches(tmp_path: Path, monkeypatc
 
     folder = _unmapped_copy(tmp_path)
     cache = tmp_path / "cache"
-    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(cache))
+    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", cache_dir=str(cache))
     dm.prepare_data()
     mapped_files = list(cache.glob("raw_train.*.rxnmapper.csv"))
     assert len(mapped_files) == 1 and dm._path("train") == mapped_files[0]
@@ -305,7 +334,7 @@ def test_rxnmapper_maps_training_file_once_and_caches(tmp_path: Path, monkeypatc
         raise AssertionError("mapped twice")
 
     monkeypatch.setattr(uspto, "map_reaction_file", no_mapping)
-    again = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(cache))
+    again = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", cache_dir=str(cache))
     again.prepare_data()
     assert [r.mapped for r in again.reactions("train")] == [r.mapped for r in train]
 
@@ -315,7 +344,7 @@ def test_rxnmapper_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.
 
     folder = _unmapped_copy(tmp_path, n=1)
     monkeypatch.setitem(sys.modules, "rxnmapper", None)  # import rxnmapper -> ImportError
-    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", mapping_cache_dir=str(tmp_path / "c"))
+    dm = USPTODataModule(data_dir=str(folder), atom_mapping="rxnmapper", cache_dir=str(tmp_path / "c"))
     with pytest.raises(ImportError, match="pip install 'rxnmapper"):
         dm.prepare_data()
     assert not list((tmp_path / "c").glob("*.csv"))  # nothing half-written
