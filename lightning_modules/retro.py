@@ -37,7 +37,8 @@ class RetroTransformer(PaperzooModule):
 
     The vocabulary comes from the DataModule's training split at ``setup`` and is stored in the
     hyperparameters (so in every checkpoint); ``init_from`` loads the weights (and vocabulary) of a
-    pre-training checkpoint. Logs ``train/loss``, ``val/loss``, ``val/token_acc``, ``val/top1_acc``
+    pre-training checkpoint when a fit starts from scratch (not when a run restores a checkpoint of its own: a
+    fine-tuned checkpoint loads, tests and resumes without the pre-training file). Logs ``train/loss``, ``val/loss``, ``val/token_acc``, ``val/top1_acc``
     (greedy; mixture: z chosen by likelihood), ``test/top{k}_acc``, ``test/invalid_frac``,
     ``test/invalid_frac@10``, ``test/unique_classes@10``, ``data/skipped_*``.
     """
@@ -78,8 +79,6 @@ class RetroTransformer(PaperzooModule):
         self.test_unique = MeanValue()
         if vocab is not None:
             self._build(vocab)
-        if init_from:
-            self._init_from(init_from)
 
     # ------------------------------------------------------------------ construction
     def _build(self, vocab: list[str]) -> None:
@@ -104,6 +103,8 @@ class RetroTransformer(PaperzooModule):
         rank_zero_info(f"RetroTransformer: initialised {len(state)}/{len(own)} tensors from {path}")
 
     def setup(self, stage: str) -> None:
+        if self.hparams.init_from and stage == "fit" and self.trainer.ckpt_path is None and self.global_step == 0:
+            self._init_from(self.hparams.init_from)  # a fresh fine-tuning run; a resumed one restores its own weights
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or getattr(dm, "vocab", None) is None:
             if self.net is None:

@@ -155,6 +155,19 @@ def test_pretrain_checkpoint_initialises_fine_tuning(tmp_path: Path, monkeypatch
     for name, value in model.net.state_dict().items():
         assert torch.equal(value, pre_state[f"net.{name}"]), name
     assert model.vocab_itos == torch.load(pre, weights_only=False)["hyper_parameters"]["vocab"]
+    # a fine-tuned checkpoint stands alone: it loads and tests without the pre-training file it started from
+    tuned_dir = tmp_path / "tuned"
+    run_cli(["fit", "--config", BASE, *TINY, *QUIET, *out_args(tuned_dir), "--data.init_args.train_subset=20",
+             "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--model.init_args.init_from={pre}"])
+    tuned = tuned_dir / "retro_uspto" / "checkpoints" / "last.ckpt"
+    pre.unlink()
+    loaded = RetroTransformer.load_from_checkpoint(tuned, map_location="cpu")
+    tuned_state = torch.load(tuned, weights_only=False)["state_dict"]
+    assert all(torch.equal(v, tuned_state[f"net.{k}"]) for k, v in loaded.net.state_dict().items())
+    test = run_cli(["test", "--config", BASE, *TINY, *QUIET, *out_args(tmp_path / "test"), "--data.init_args.train_subset=20",
+                    "--data.init_args.eval_subset=2", "--model.init_args.max_decode_len=5",
+                    f"--model.init_args.init_from={pre}", "--ckpt_path", str(tuned)])
+    assert "test/top1_acc" in test.trainer.callback_metrics
 
 
 @pytest.mark.ddp
