@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="pre-train one base model on the training products first (the paper's Pre-train (R) / (T)); "
                         "base and mixture are both fine-tuned from its checkpoint")
     p.add_argument("--pretrain-steps", dest="pretrain_steps", type=int, default=2000)
+    p.add_argument("--init-from", dest="init_from", default=None,
+                   help="fine-tune both models from this checkpoint (e.g. an earlier run's pre-training) instead")
     p.add_argument("--classifier-max-examples", dest="classifier_max", type=int, default=None)
     args = p.parse_args(argv)
     if args.data_root is None:
@@ -134,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out or tempfile.mkdtemp(prefix="retro_compare_")
     results = {}
     init = []
-    if args.pretrain != "none":
+    if args.init_from:
+        init = [f"--model.init_args.init_from={args.init_from}"]
+    elif args.pretrain != "none":
         init = [f"--model.init_args.init_from={pretrain(args)}"]
     for name, config, k in (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml",
                                                               args.latent)):
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
             "test/unique_classes@10"]
     budget = f"{args.max_steps} training steps" if args.max_steps else f"{args.budget} of training"
     budget += " per model"
-    if args.pretrain != "none":
+    if args.init_from:
+        budget += f", fine-tuned from {args.init_from}"
+    elif args.pretrain != "none":
         budget += f", fine-tuned from one {args.pretrain_steps}-step pre-training ({args.pretrain})"
     print(f"\ndata: {args.data_root}; {budget} on {args.accelerator}; "
           f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; runs in {args.out}")
