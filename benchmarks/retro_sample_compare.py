@@ -36,7 +36,7 @@ def common_args(config: str, name: str, args: argparse.Namespace, extra: list[st
         f"--model.init_args.warmup_steps={args.warmup}", f"--model.init_args.noam_factor={args.noam_factor}", f"--model.init_args.max_decode_len={args.max_decode_len}",
         f"--model.init_args.classifier_epochs={args.classifier_epochs}",
         f"--data.init_args.max_tokens={args.max_tokens}", f"--data.init_args.eval_batch_size={args.eval_batch_size}",
-        f"--data.init_args.augment={args.augment}",
+        f"--data.init_args.augment={args.augment}", f"--seed_everything={args.seed}", f"--data.init_args.seed={args.seed}",
         *extra,
     ]
     if args.eval_subset:
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--augment", type=int, default=1)
     p.add_argument("--val-every", dest="val_every", type=int, default=1000)
     p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run: seed_everything (weights, dropout) and the DataModule (batch order, Aug SMILES)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--only", choices=["base", "mixture"], default=None, help="train and test just one model")
     p.add_argument("--test-only", dest="test_only", action="store_true",
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.pretrain != "none":
         budget += f", fine-tuned from one {args.pretrain_steps}-step pre-training ({args.pretrain})"
     print(f"\ndata: {args.data_root}; {budget} on {args.accelerator}; "
-          f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; runs in {args.out}")
+          f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; seed {args.seed}; runs in {args.out}")
     print("| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |")
     print("|---" * (len(keys) + 4) + "|")
     for name, r in results.items():
