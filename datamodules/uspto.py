@@ -677,9 +677,7 @@ class USPTODataModule(LightningDataModule):
         if self.hparams.split == "template" or self.hparams.rare_templates is not None:
             self.reactions("train")
         if self.hparams.pretrain == "template":
-            reactions = self.reactions("train")
-            self._cached_templates({"train": reactions})
-            self._template_pretraining_targets(reactions)
+            self._template_pretraining_targets(self.reactions("train"))
 
     def _cached_templates(self, by_split: dict[str, list[Reaction]]) -> None:
         """Make the templates of these reactions known to :func:`template_of`: read from the cache file of the
@@ -703,6 +701,8 @@ class USPTODataModule(LightningDataModule):
     def _template_pretraining_targets(self, reactions: list[Reaction]) -> list[list[str]]:
         """Template pre-training targets of the training products (the training templates applied to them), made
         once and cached: the key hashes the products, the templates, ``pretrain_examples`` and ``seed``."""
+        if self.hparams.split == "given":  # (the template split's reactions, from every file, have theirs already)
+            self._cached_templates({"train": reactions})
         templates = sorted({t for t in map(template_of, reactions) if t})
         n, seed = self.hparams.pretrain_examples, self.hparams.seed
         products = [r.product for r in reactions]
@@ -799,8 +799,6 @@ class USPTODataModule(LightningDataModule):
         elif split == "train" and self.hparams.pretrain == "template":
             if any(r.mapped is None for r in reactions):
                 self._read_mapped("train")  # raises the clear error
-            if self.hparams.split == "given":  # (the template split's reactions have theirs already)
-                self._cached_templates({"train": reactions})
             for r, targets in zip(reactions, self._template_pretraining_targets(reactions)):
                 pairs += [(r.product, t, r.cls, r.product) for t in targets]
         else:
@@ -921,6 +919,7 @@ def token_count(batch: dict) -> int:
 
 __all__ = [
     "CLASS_NAMES", "Reaction", "SMILES_REGEX", "TemplateLibrary", "TokenBudgetBatchSampler", "USPTODataModule",
-    "Vocabulary", "apply_templates", "extract_templates", "template_pretraining_targets", "map_reaction_file", "map_reactions",
-    "random_disconnections", "random_smiles", "read_reactions", "strip_maps", "template_of", "tokenize",
+    "Vocabulary", "apply_templates", "extract_templates", "map_reaction_file", "map_reactions",
+    "random_disconnections", "random_smiles", "read_reactions", "strip_maps", "template_of",
+    "template_pretraining_targets", "tokenize",
 ]

@@ -38,9 +38,10 @@ class RetroTransformer(PaperzooModule):
     The vocabulary comes from the DataModule's training split at ``setup`` and is stored in the
     hyperparameters (so in every checkpoint); ``init_from`` loads the weights (and vocabulary) of a
     pre-training checkpoint when a fit starts from scratch (not when a run restores a checkpoint of its own: a
-    fine-tuned checkpoint loads, tests and resumes without the pre-training file). Logs ``train/loss``, ``val/loss``, ``val/token_acc``, ``val/top1_acc``
-    (greedy; mixture: z chosen by likelihood), ``test/top{k}_acc``, ``test/invalid_frac``,
-    ``test/invalid_frac@10``, ``test/unique_classes@10``, ``data/skipped_*``.
+    fine-tuned checkpoint loads, tests and resumes without the pre-training file). Logs ``train/loss``,
+    ``val/loss``, ``val/token_acc``, ``val/top1_acc`` (greedy; mixture: z chosen by likelihood),
+    ``test/top{k}_acc``, ``test/invalid_frac``, ``test/invalid_frac@10``, ``test/unique_classes@10``,
+    ``data/skipped_*``.
     """
 
     hparams_metrics = ("val/loss", "val/top1_acc", "test/top1_acc", "test/top10_acc", "test/unique_classes@10")
