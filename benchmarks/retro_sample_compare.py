@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--augment", type=int, default=1)
     p.add_argument("--val-every", dest="val_every", type=int, default=1000)
     p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0, help="seed of every run: seed_everything (weights, dropout) and the DataModule (batch order, Aug SMILES)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every run: seed_everything (weights, dropout) and the DataModule (batch order, Aug)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--only", choices=["base", "mixture"], default=None, help="train and test just one model")
     p.add_argument("--test-only", dest="test_only", action="store_true",
