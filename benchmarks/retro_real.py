@@ -17,10 +17,16 @@ parallel, ~2-3 min classifier + beam-search test):
     #   "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
     #    PYTHONUNBUFFERED=1 python3 benchmarks/retro_real.py --out $OUT 2>&1 | tee $OUT/retro_real.log")
 
-Without a GPU (both models at once, each with half of the CPU cores; what the README's CPU table ran):
+Without a GPU (both models at once, each with half of the CPU cores; what the README's CPU table ran; on a CPU with
+AVX512-BF16 bf16 autocast trains this model 1.6x faster than fp32, as ``benchmarks/retro_speed.py --bf16 --d-model 128
+--layers 3 --ff 512`` measured on the 2-core AMD EPYC here):
 
-    python benchmarks/retro_real.py --accelerator cpu --budget-s 2400 --latent 2 --max-tokens 8192 --warmup 400 \\
-        --d-model 128 --layers 3 --ff 512 --out runs/retro_real_cpu
+    python benchmarks/retro_real.py --accelerator cpu --precision bf16-mixed --budget-s 7200 --latent 2 \\
+        --max-tokens 8192 --warmup 400 --d-model 128 --layers 3 --ff 512 --out runs/retro_real_cpu_bf16
+
+Each model saves ``<out>/retro_real_<model>/checkpoints/last.ckpt`` every ``--checkpoint-minutes`` and at the end of
+training; the same command with ``--resume`` and a larger ``--budget-s`` (the total, earlier runs included) continues
+both models where they stopped and tests them again.
 
 CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
 
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -57,6 +64,7 @@ PAPER = {
 def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
     from lightning import Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from datamodules.uspto import USPTODataModule
@@ -82,20 +90,32 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
                              classifier_max_examples=args.classifier_max_examples,
                              optimizer=partial(torch.optim.Adam, lr=1.0, betas=(0.9, 0.998)))
     logger = TensorBoardLogger(args.out, name=f"retro_real_{name}", version="", default_hp_metric=False)
+    last = Path(args.out) / f"retro_real_{name}" / "checkpoints" / "last.ckpt"
+    # last.ckpt every few minutes and at the end: --resume continues it (the max_time Timer's elapsed time is in
+    # the checkpoint, so --budget-s is the total over all runs)
+    checkpoint = ModelCheckpoint(dirpath=last.parent, save_last=True, save_top_k=0,
+                                 train_time_interval=timedelta(minutes=args.checkpoint_minutes))
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=logger,
                       max_time={"seconds": args.budget_s}, max_epochs=-1, max_steps=-1, limit_val_batches=0,
-                      num_sanity_val_steps=0, log_every_n_steps=20, enable_checkpointing=False,
+                      num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint],
                       enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     dm.setup("fit")
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    train_s = time.perf_counter() - start
+    resume = args.resume and last.is_file()
+    if args.resume and not resume:
+        print(f"{name}: --resume but no {last}: training from scratch", flush=True)
+    trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.save_checkpoint(last)
+    run_s = time.perf_counter() - start
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    train_s = timer.time_elapsed("train")  # all runs of this model together
     steps = trainer.global_step
     start = time.perf_counter()
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     out = {key: float(v) for key, v in metrics.items() if key.startswith("test/")}
-    out.update(setup_s=setup_s, train_s=train_s, test_s=time.perf_counter() - start, steps=steps, latent=k,
+    out.update(setup_s=setup_s, train_s=train_s, this_run_train_s=run_s, resumed=bool(resume),
+               test_s=time.perf_counter() - start, steps=steps, latent=k,
                test_products=len(dm.datasets["test"]), train_examples=len(dm.datasets["train"]),
                device=torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads per model)")
     return out
@@ -108,9 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     default_root = "data" if (REPO / "data" / "uspto_50k" / "raw_test.csv").is_file() else str(REPO.parent / "shared" / "data")
     p.add_argument("--data-root", default=default_root, help="folder holding uspto_50k/ (default: data/ or ../shared/data)")
     p.add_argument("--out", default=None, help="TensorBoard runs + retro_real.json (default: a temporary folder)")
-    p.add_argument("--budget-s", dest="budget_s", type=float, default=150.0, help="training seconds per model")
+    p.add_argument("--budget-s", dest="budget_s", type=float, default=150.0,
+                   help="training seconds per model (with --resume: in all, earlier runs included)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each model from <out>/retro_real_<model>/checkpoints/last.ckpt where there is one")
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=10.0,
+                   help="minutes of training between last.ckpt saves (one is also saved at the end)")
     p.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, 32 on the CPU")
+    p.add_argument("--precision", default=None,
+                   help="default: bf16-mixed on a GPU, 32-true on the CPU (bf16-mixed also runs on the CPU: autocast)")
     p.add_argument("--latent", type=int, default=3)
     p.add_argument("--d-model", dest="d_model", type=int, default=256, help="default: the Molecular Transformer's sizes")
     p.add_argument("--layers", type=int, default=4, help="encoder and decoder layers each")

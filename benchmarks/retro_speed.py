@@ -5,7 +5,8 @@ Three side-by-side measurements in one run, on the same model and the same batch
 processes hits both alike; medians reported:
 
 1. training target tokens per second: ``Trainer.fit`` of RetroTransformer vs a plain loop
-   (forward, cross-entropy, backward, Adam + Noam schedule) over the same batches;
+   (forward, cross-entropy, backward, Adam + Noam schedule) over the same batches; with ``--bf16`` also the plain
+   loop under bf16 autocast vs fp32 (on a CPU with AVX512-BF16 it is what makes ``precision: bf16-mixed`` worth it);
 2. beam-search products per second: ``Trainer.predict`` vs a plain loop calling ``predict_reactants``;
 3. beam search batched across products vs decoding the same products one at a time (target >= 5x), both with the
    same model, beam and code; the predictions (ranked SMILES and scores) are asserted equal. ``--single-products N``
@@ -14,7 +15,7 @@ processes hits both alike; medians reported:
 With an untrained model no beam emits ``<eos>`` early, so every product decodes ``--max-decode-len`` steps: the
 worst case for the cache (longest histories) and no help from early-finishing products.
 
-    python benchmarks/retro_speed.py [--device cpu|cuda] [--steps 30] [--products 48] [--beam 10]
+    python benchmarks/retro_speed.py [--device cpu|cuda] [--steps 30] [--products 48] [--beam 10] [--bf16]
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-decode-len", type=int, default=120)
     p.add_argument("--single-products", type=int, default=None, help="time one-at-a-time on the first N products")
     p.add_argument("--skip-training", action="store_true", help="only the beam-search measurements")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time the plain training loop under bf16 autocast (alternated with fp32; ratio printed)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's)")
     args = p.parse_args(argv)
     if args.threads:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     train_batches = [b for b in dm.train_dataloader()]
     n_tok_plain = sum(token_count(b) for b in train_batches[: args.steps])
 
-    def plain_train() -> float:
+    def plain_train(bf16: bool = False) -> float:
         torch.manual_seed(0)
         model = RetroTransformer(**model_kwargs).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.998))
@@ -118,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         for b in train_batches[: args.steps]:
             src, tgt = b["src"].to(device), b["tgt"].to(device)
-            logits = model(src, tgt[:, :-1])
-            loss = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # what precision=bf16-mixed does
+                logits = model(src, tgt[:, :-1])
+                loss = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=0)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -176,11 +180,13 @@ def main(argv: list[str] | None = None) -> None:
         return rate
 
     rows: dict[str, list[float]] = {k: [] for k in ("plain_train", "lightning_train", "plain_beam",
-                                                     "lightning_beam", "one_at_a_time")}
+                                                     "lightning_beam", "one_at_a_time", "plain_train_bf16")}
     for _ in range(args.repeats):
         if not args.skip_training:
             rows["plain_train"].append(plain_train())
             rows["lightning_train"].append(lightning_train())
+            if args.bf16:
+                rows["plain_train_bf16"].append(plain_train(bf16=True))
         rows["plain_beam"].append(plain_beam())
         rows["lightning_beam"].append(lightning_beam())
         rows["one_at_a_time"].append(one_at_a_time())
@@ -203,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{med['lightning_train'] / med['plain_train']:.2f} |")
     print(f"| beam-search products/s | {med['plain_beam']:.2f} | {med['lightning_beam']:.2f} | "
           f"{med['lightning_beam'] / med['plain_beam']:.2f} |")
+    if args.bf16 and not args.skip_training:
+        print(f"\n| plain training loop | target tokens/s |\n|---|---|\n| fp32 | {med['plain_train']:.0f} |\n"
+              f"| bf16 autocast (precision=bf16-mixed) | {med['plain_train_bf16']:.0f} |\n"
+              f"| bf16 / fp32 | {med['plain_train_bf16'] / med['plain_train']:.2f}x |")
     ratio = med["plain_beam"] / med["one_at_a_time"]
     print(f"\n| beam search | products/s |\n|---|---|\n| batched ({args.products} per call) | {med['plain_beam']:.2f} |"
           f"\n| one product at a time ({n_checked} products) | {med['one_at_a_time']:.2f} |\n| speed-up | {ratio:.1f}x "
