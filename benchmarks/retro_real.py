@@ -24,9 +24,9 @@ AVX512-BF16 bf16 autocast trains this model 1.6x faster than fp32, as ``benchmar
     python benchmarks/retro_real.py --accelerator cpu --precision bf16-mixed --budget-s 7200 --latent 2 \\
         --max-tokens 8192 --warmup 400 --d-model 128 --layers 3 --ff 512 --out runs/retro_real_cpu_bf16
 
-Each model saves ``<out>/retro_real_<model>/checkpoints/last.ckpt`` every ``--checkpoint-minutes`` and at the end of
-training; the same command with ``--resume`` and a larger ``--budget-s`` (the total, earlier runs included) continues
-both models where they stopped and tests them again.
+Each model saves ``<out>/retro_real_<model>/checkpoints/last.ckpt`` every ``--checkpoint-minutes`` and at the batch
+where its time runs out; the same command with ``--resume`` and a larger ``--budget-s`` (the total, earlier runs
+included) continues both models at the next batch of the same epoch and tests them again.
 
 CPU smoke check of the whole path (tiny subsets, seconds of training; numbers meaningless):
 
@@ -49,6 +49,9 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+from lightning import Trainer
+from lightning.pytorch.callbacks import Checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -61,9 +64,27 @@ PAPER = {
 }
 
 
+class _SaveWhereStopped(Checkpoint):
+    """last.ckpt at the batch where the max_time Timer stops training.
+
+    Saved inside the epoch, so ``--resume`` continues that epoch at the next batch (the training loader's position
+    is in the checkpoint); a ``trainer.save_checkpoint`` after ``fit`` returns marks the epoch finished, and the
+    resumed run would start the next one, leaving the rest of this one out. Lightning runs ``Checkpoint`` callbacks
+    after the Timer, so ``should_stop`` is already set here.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.saved = path, False
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.should_stop and not self.saved:
+            trainer.save_checkpoint(self.path)
+            self.saved = True
+
+
 def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
-    from lightning import Trainer, seed_everything
+    from lightning import seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint, Timer
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -95,9 +116,10 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     # the checkpoint, so --budget-s is the total over all runs)
     checkpoint = ModelCheckpoint(dirpath=last.parent, save_last=True, save_top_k=0,
                                  train_time_interval=timedelta(minutes=args.checkpoint_minutes))
+    at_stop = _SaveWhereStopped(last)
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=logger,
                       max_time={"seconds": args.budget_s}, max_epochs=-1, max_steps=-1, limit_val_batches=0,
-                      num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint],
+                      num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint, at_stop],
                       enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     dm.setup("fit")
     setup_s = time.perf_counter() - start
@@ -106,7 +128,8 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     if args.resume and not resume:
         print(f"{name}: --resume but no {last}: training from scratch", flush=True)
     trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
-    trainer.save_checkpoint(last)
+    if not at_stop.saved:  # training ended some other way (e.g. at an epoch's end)
+        trainer.save_checkpoint(last)
     run_s = time.perf_counter() - start
     timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     train_s = timer.time_elapsed("train")  # all runs of this model together

@@ -536,6 +536,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool, seed: int = 0,
                  max_batch: int | None = None) -> None:
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.start = 0  # batches of the next iteration to skip, once (set by ResumableDataLoader when resuming)
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches: list[list[int]] = []
         cur: list[int] = []
@@ -554,6 +555,11 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> TokenBudgetBatchSampler:
+        """Itself: Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (not on the batch sampler)."""
+        return self
+
     def _world(self) -> tuple[int, int]:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
@@ -570,10 +576,48 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         return batches[rank::world]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._local())
+        # a generator, so the batch order is drawn at the first ``next``: after Lightning's ``set_epoch``, also when
+        # a resumed run made the iterator before setting the epoch. ``start`` skips batches once (resuming).
+        local, start = self._local(), self.start
+        self.start = 0
+        yield from local[start:]
 
     def __len__(self) -> int:
         return len(self._local())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`TokenBudgetBatchSampler` whose epoch resumes mid-way.
+
+    Lightning saves a loader's ``state_dict`` in the checkpoint (its ``_Stateful`` protocol) and loads it before
+    the resumed run's first batch. An epoch's batches are fixed by ``seed + epoch``, so the state is the epoch and
+    the batches handed out in it; a resumed run skips those: no batch trained twice, none left out. Lightning
+    fetches nothing ahead from a loader with a length, so batches handed out are batches trained on.
+    """
+
+    _epoch = 0
+    _done = 0
+    _resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, TokenBudgetBatchSampler)
+        start = 0
+        if self._resume is not None:
+            epoch, done = self._resume
+            self._resume = None
+            start = done if epoch == sampler.epoch else 0  # a checkpoint from an epoch's end resumes the next one
+        sampler.start = start
+        self._epoch, self._done = sampler.epoch, start
+        for batch in super().__iter__():
+            self._done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "batches_done": self._done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
 
 class USPTODataModule(LightningDataModule):
@@ -882,8 +926,8 @@ class USPTODataModule(LightningDataModule):
             n = self.hparams.eval_batch_size
             lengths = ds.lengths()
             sampler = TokenBudgetBatchSampler(lengths, n * max(lengths, default=1), False, max_batch=n)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate(split),
-                          num_workers=self.hparams.num_workers)
+        loader = ResumableDataLoader if shuffle else DataLoader
+        return loader(ds, batch_sampler=sampler, collate_fn=self.collate(split), num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

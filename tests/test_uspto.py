@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from rdkit import Chem
 
 from datamodules.base import DataNotFoundError
@@ -141,6 +143,48 @@ def test_token_budget_batches_cover_and_shard(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(TokenBudgetBatchSampler, "_world", lambda self, r=rank: (r, 2))
         counts.append(len(list(train)))
     assert counts[0] == counts[1]
+
+
+class _BatchRecorder(LightningModule):
+    """Trains one weight and records every training batch's products, to compare batch sequences."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[str, ...]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen.append(tuple(batch["product"]))
+        return (self.w - batch["src"].float().mean()) ** 2
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("stop_at", [5, 0])  # batches into the second epoch; 0 = at the first epoch's end
+def test_training_resumes_mid_epoch_without_repeating_batches(stop_at: int, tmp_path: Path) -> None:
+    def dm() -> USPTODataModule:
+        return USPTODataModule(data_dir=str(uspto_sample() / "uspto_50k"), max_tokens=1200, seed=3)
+
+    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=0, use_distributed_sampler=False)
+    full = _BatchRecorder()
+    Trainer(max_epochs=3, enable_checkpointing=False, **kw).fit(full, datamodule=dm())
+    n = len(full.seen) // 3
+    epochs = [full.seen[i * n:(i + 1) * n] for i in range(3)]
+    assert n > 8 and all(sorted(e) == sorted(epochs[0]) for e in epochs)  # every batch once an epoch
+    assert epochs[0] != epochs[1] != epochs[2]  # in a new order each epoch (set_epoch reaches the sampler)
+    # a run saves a checkpoint at step `steps` and crashes a few steps later; the resumed run goes on from there
+    steps = n + (stop_at or n)
+    first = _BatchRecorder()
+    save = ModelCheckpoint(dirpath=tmp_path, filename="stop", every_n_train_steps=steps, save_top_k=-1)
+    Trainer(max_steps=steps + 3, callbacks=[save], **kw).fit(first, datamodule=dm())
+    state = torch.load(tmp_path / "stop.ckpt", weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    assert state["combined_loader"] == [{"epoch": 1, "batches_done": stop_at or n}]
+    rest = _BatchRecorder()
+    Trainer(max_epochs=3, enable_checkpointing=False, **kw).fit(rest, datamodule=dm(),
+                                                                 ckpt_path=tmp_path / "stop.ckpt")
+    assert first.seen[:steps] + rest.seen == full.seen  # same batches, same order: none repeated, none left out
 
 
 def test_random_disconnections_break_one_acyclic_bond() -> None:
