@@ -8,11 +8,13 @@ numbers, writes TensorBoard runs (``train/loss`` curves) and a JSON under ``--ou
 the device's image (this script does not import the CLI, so none of the other papers' packages are needed).
 
 On the device (``run``: ``timeout_s=600``; budget: ~1.5 min start-up, ~1 min data, 2 x 150 s training in
-parallel, ~2-3 min classifier + beam-search test):
+parallel, ~2-3 min classifier + beam-search test; measured on an H200 on 2026-11-27 with ``--budget-s 130``: the
+command took 402 s, data setup 44 s, test 164-192 s per model; 130-150 s of training is only ~1,800-2,000 steps at
+these sizes, before whole reactant sets come out right: give it more device time where a session has it):
 
     # here, once:  echo /.whl/ >> .git/info/exclude; mkdir -p data && cp -r ../shared/data/uspto_50k data/
     #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-    #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl rdkit==2025.9.3
+    #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl rdkit==2026.9.1
     # run(carry=[".whl", "data/uspto_50k"], timeout_s=600, command=
     #   "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
     #    PYTHONUNBUFFERED=1 python3 benchmarks/retro_real.py --out $OUT 2>&1 | tee $OUT/retro_real.log")
@@ -45,7 +47,6 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -64,28 +65,37 @@ PAPER = {
 }
 
 
-class _SaveWhereStopped(Checkpoint):
-    """last.ckpt at the batch where the max_time Timer stops training.
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` every ``every_s`` seconds of training and at the batch where training is told to stop.
 
-    Saved inside the epoch, so ``--resume`` continues that epoch at the next batch (the training loader's position
-    is in the checkpoint); a ``trainer.save_checkpoint`` after ``fit`` returns marks the epoch finished, and the
-    resumed run would start the next one, leaving the rest of this one out. Lightning runs ``Checkpoint`` callbacks
-    after the Timer, so ``should_stop`` is already set here.
+    Both saves happen inside the epoch, so ``--resume`` continues that epoch at the next batch (the training loader's
+    position is in the checkpoint). Lightning's ``ModelCheckpoint(save_last=True)`` is not used because it also saves
+    ``last`` when training ends (``on_train_end``, after the epoch is counted finished) whenever it has not saved in
+    that run: a resumed run from that file would start the next epoch and leave the rest of this one out. Lightning
+    runs ``Checkpoint`` callbacks after the others (the ``max_time`` Timer among them), so ``should_stop`` is already
+    set here.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.saved = path, False
+    def __init__(self, path: Path, every_s: float) -> None:
+        self.path, self.every_s = Path(path), every_s
+        self.saved_at_stop, self._last = False, 0.0
+
+    def on_train_start(self, trainer: Trainer, *args: object) -> None:
+        self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
-        if trainer.should_stop and not self.saved:
+        if self.saved_at_stop:
+            return
+        if trainer.should_stop or time.monotonic() - self._last >= self.every_s:
             trainer.save_checkpoint(self.path)
-            self.saved = True
+            self._last = time.monotonic()
+            self.saved_at_stop = trainer.should_stop
 
 
 def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
     from lightning import seed_everything
-    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+    from lightning.pytorch.callbacks import Timer
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from datamodules.uspto import USPTODataModule
@@ -112,14 +122,12 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
                              optimizer=partial(torch.optim.Adam, lr=1.0, betas=(0.9, 0.998)))
     logger = TensorBoardLogger(args.out, name=f"retro_real_{name}", version="", default_hp_metric=False)
     last = Path(args.out) / f"retro_real_{name}" / "checkpoints" / "last.ckpt"
-    # last.ckpt every few minutes and at the end: --resume continues it (the max_time Timer's elapsed time is in
-    # the checkpoint, so --budget-s is the total over all runs)
-    checkpoint = ModelCheckpoint(dirpath=last.parent, save_last=True, save_top_k=0,
-                                 train_time_interval=timedelta(minutes=args.checkpoint_minutes))
-    at_stop = _SaveWhereStopped(last)
+    # last.ckpt every few minutes and where time runs out: --resume continues it (the max_time Timer's elapsed time
+    # is in the checkpoint, so --budget-s is the total over all runs)
+    checkpoint = LastCheckpoint(last, every_s=60 * args.checkpoint_minutes)
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=logger,
                       max_time={"seconds": args.budget_s}, max_epochs=-1, max_steps=-1, limit_val_batches=0,
-                      num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint, at_stop],
+                      num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint],
                       enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     dm.setup("fit")
     setup_s = time.perf_counter() - start
@@ -128,7 +136,7 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     if args.resume and not resume:
         print(f"{name}: --resume but no {last}: training from scratch", flush=True)
     trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
-    if not at_stop.saved:  # training ended some other way (e.g. at an epoch's end)
+    if not checkpoint.saved_at_stop:  # training ended some other way (max_steps, max_epochs)
         trainer.save_checkpoint(last)
     run_s = time.perf_counter() - start
     timer = next(c for c in trainer.callbacks if isinstance(c, Timer))

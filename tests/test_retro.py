@@ -192,3 +192,39 @@ def test_ddp_test_metrics_equal_single_process(tmp_path: Path) -> None:
         results[devices] = {k: v[-1][1] for k, v in logged.items() if k.startswith("test/")}
     assert "test/top1_acc" in results[1] and "test/unique_classes@10" in results[1]
     assert results[1] == results[2]
+
+
+def test_real_data_run_keeps_the_checkpoint_of_the_batch_where_time_ran_out(tmp_path: Path) -> None:
+    """retro_real.py's ``last.ckpt`` is the one saved inside the epoch when training is told to stop.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` saves ``last`` again at ``on_train_end`` (epoch counted finished)
+    when it has not saved in that run; a resume from that file would skip the rest of the epoch."""
+    from lightning import Callback, Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from benchmarks.retro_real import LastCheckpoint
+
+    class StopAt(Callback):  # what the max_time Timer does when time runs out
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 7:
+                trainer.should_stop = True
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = LastCheckpoint(last, every_s=3600.0)
+    trainer = Trainer(max_epochs=5, limit_train_batches=16, limit_val_batches=0, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[StopAt(), checkpoint])
+    trainer.fit(BoringModel())
+    assert checkpoint.saved_at_stop
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    state = torch.load(last, weights_only=False)
+    epochs = state["loops"]["fit_loop"]["epoch_progress"]["current"]
+    batches = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert state["global_step"] == 7 and epochs["ready"] == 1 and epochs["completed"] == 0  # inside epoch 0
+    assert batches["processed"] == 7  # saved in on_train_batch_end, as ModelCheckpoint(every_n_train_steps) does
+
+    # periodic saves (every_s=0: every batch) write the same single file; the last one is the last batch's
+    checkpoint = LastCheckpoint(last, every_s=0.0)
+    Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[checkpoint]).fit(BoringModel())
+    assert not checkpoint.saved_at_stop and torch.load(last, weights_only=False)["global_step"] == 3
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
