@@ -136,10 +136,13 @@ class RetroTransformer(PaperzooModule):
         was = self.net.training
         self.net.eval()
         with torch.no_grad():
-            src_k = src.repeat_interleave(K, 0)
+            # the latent enters the decoder only: one encoder pass serves all K classes
+            memory, mask = self.net.encode(src)
+            memory, mask = memory.repeat_interleave(K, 0), mask.repeat_interleave(K, 0)
             tgt_k = tgt.repeat_interleave(K, 0)
             z = torch.arange(K, device=src.device).repeat(B)
-            nll = sequence_nll(self.net(src_k, tgt_k[:, :-1], z), tgt_k[:, 1:], self.net.pad_idx).view(B, K)
+            logits = self.net.decode(tgt_k[:, :-1], memory, mask, z)
+            nll = sequence_nll(logits, tgt_k[:, 1:], self.net.pad_idx).view(B, K)
         self.net.train(was)
         return nll.argmin(dim=1), nll
 
