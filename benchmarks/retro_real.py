@@ -47,11 +47,11 @@ import sys
 import tempfile
 import time
 import warnings
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
 from lightning import Trainer
-from lightning.pytorch.callbacks import Checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,31 +65,13 @@ PAPER = {
 }
 
 
-class LastCheckpoint(Checkpoint):
-    """``last.ckpt`` every ``every_s`` seconds of training and at the batch where training is told to stop.
+def last_checkpoint(path: Path, every_minutes: float) -> ResumableCheckpoint:
+    """``path`` (a ``last.ckpt``) every ``every_minutes`` of training and at the batch where time runs out, inside the
+    epoch, so ``--resume`` continues that epoch (see :mod:`callbacks.checkpoint`); one file, overwritten."""
+    from callbacks.checkpoint import ResumableCheckpoint
 
-    Both saves happen inside the epoch, so ``--resume`` continues that epoch at the next batch (the training loader's
-    position is in the checkpoint). Lightning's ``ModelCheckpoint(save_last=True)`` is not used because it also saves
-    ``last`` when training ends (``on_train_end``, after the epoch is counted finished) whenever it has not saved in
-    that run: a resumed run from that file would start the next epoch and leave the rest of this one out. Lightning
-    runs ``Checkpoint`` callbacks after the others (the ``max_time`` Timer among them), so ``should_stop`` is already
-    set here.
-    """
-
-    def __init__(self, path: Path, every_s: float) -> None:
-        self.path, self.every_s = Path(path), every_s
-        self.saved_at_stop, self._last = False, 0.0
-
-    def on_train_start(self, trainer: Trainer, *args: object) -> None:
-        self._last = time.monotonic()
-
-    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
-        if self.saved_at_stop:
-            return
-        if trainer.should_stop or time.monotonic() - self._last >= self.every_s:
-            trainer.save_checkpoint(self.path)
-            self._last = time.monotonic()
-            self.saved_at_stop = trainer.should_stop
+    return ResumableCheckpoint(dirpath=Path(path).parent, save_last=True, save_top_k=0, enable_version_counter=False,
+                               train_time_interval=timedelta(minutes=every_minutes))
 
 
 def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -124,7 +106,7 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     last = Path(args.out) / f"retro_real_{name}" / "checkpoints" / "last.ckpt"
     # last.ckpt every few minutes and where time runs out: --resume continues it (the max_time Timer's elapsed time
     # is in the checkpoint, so --budget-s is the total over all runs)
-    checkpoint = LastCheckpoint(last, every_s=60 * args.checkpoint_minutes)
+    checkpoint = last_checkpoint(last, args.checkpoint_minutes)
     trainer = Trainer(accelerator=args.accelerator, devices=1, precision=args.precision, logger=logger,
                       max_time={"seconds": args.budget_s}, max_epochs=-1, max_steps=-1, limit_val_batches=0,
                       num_sanity_val_steps=0, log_every_n_steps=20, callbacks=[checkpoint],
@@ -136,8 +118,6 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict[str, float]:
     if args.resume and not resume:
         print(f"{name}: --resume but no {last}: training from scratch", flush=True)
     trainer.fit(model, datamodule=dm, ckpt_path=str(last) if resume else None)
-    if not checkpoint.saved_at_stop:  # training ended some other way (max_steps, max_epochs)
-        trainer.save_checkpoint(last)
     run_s = time.perf_counter() - start
     timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     train_s = timer.time_elapsed("train")  # all runs of this model together

@@ -8,6 +8,8 @@ offline sample (synthetic reactions of real molecules) in a temporary folder.
     flock /tmp/paperzoo-cpu.lock python benchmarks/retro_sample_compare.py --budget 00:00:03:00
     python benchmarks/retro_sample_compare.py --per-class 400 --latent 2 --max-steps 4300   # equal updates
     python benchmarks/retro_sample_compare.py --per-class 400 --pretrain random --pretrain-steps 3000 --max-steps 4300
+    python benchmarks/retro_sample_compare.py --per-class 400 --latent 2 --pretrain random --pretrain-steps 3000 \\
+        --max-steps 4300 --seeds 0 1 2     # one pre-training, then base and mixture fine-tuned at each seed + means
     python benchmarks/retro_sample_compare.py --data-root ../shared/data --accelerator gpu --budget 00:00:03:00 \\
         --d-model 256 --layers 4 --ff 2048     # real USPTO-50k, Molecular Transformer sizes
 """
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier-epochs", dest="classifier_epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every run: seed_everything (weights, dropout) and the DataModule (batch order, Aug)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train and test base and mixture once per seed (runs in <out>/seed<N>; one shared "
+                        "pre-training, made with the first seed) and print each seed's rows and their means")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--only", choices=["base", "mixture"], default=None, help="train and test just one model")
     p.add_argument("--test-only", dest="test_only", action="store_true",
@@ -136,19 +141,33 @@ def main(argv: list[str] | None = None) -> None:
         uspto.build(Path(args.data_root), per_class=args.per_class)
     os.environ["PAPERZOO_DATA"] = str(args.data_root)
     args.out = args.out or tempfile.mkdtemp(prefix="retro_compare_")
-    results = {}
+    seeds = args.seeds or [args.seed]
+    args.seed = seeds[0]
     init = []
     if args.init_from:
         init = [f"--model.init_args.init_from={args.init_from}"]
     elif args.pretrain != "none":
         init = [f"--model.init_args.init_from={pretrain(args)}"]
-    for name, config, k in (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml",
-                                                              args.latent)):
-        if args.only and not name.startswith(args.only):
-            continue
-        results[name] = run(config, "retro_base" if k == 1 else "retro_mixture", args,
-                            [f"--model.init_args.num_latent={k}", *init])
-        print(name, json.dumps(results[name]), flush=True)
+    models = (("base", "retro_uspto.yaml", 1), (f"mixture K={args.latent}", "retro_mixture_uspto.yaml", args.latent))
+    models = [m for m in models if not args.only or m[0].startswith(args.only)]
+    results: dict[str, dict[str, float]] = {}
+    for seed in seeds:
+        run_args = argparse.Namespace(**vars(args))
+        run_args.seed = seed
+        if len(seeds) > 1:
+            run_args.out = f"{args.out}/seed{seed}"
+            run_args.ckpt_dir = f"{args.ckpt_dir}/seed{seed}" if args.ckpt_dir else None
+        for name, config, k in models:
+            row = f"{name}, seed {seed}" if len(seeds) > 1 else name
+            results[row] = run(config, "retro_base" if k == 1 else "retro_mixture", run_args,
+                               [f"--model.init_args.num_latent={k}", *init])
+            print(row, json.dumps(results[row]), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+    if len(seeds) > 1:
+        for name, _, _ in models:
+            rows = [results[f"{name}, seed {seed}"] for seed in seeds]
+            results[f"{name}, mean of {len(seeds)} seeds"] = seed_mean(rows)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     keys = ["test/top1_acc", "test/top3_acc", "test/top5_acc", "test/top10_acc", "test/invalid_frac",
@@ -160,13 +179,28 @@ def main(argv: list[str] | None = None) -> None:
     elif args.pretrain != "none":
         budget += f", fine-tuned from one {args.pretrain_steps}-step pre-training ({args.pretrain})"
     print(f"\ndata: {args.data_root}; {budget} on {args.accelerator}; "
-          f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; seed {args.seed}; runs in {args.out}")
-    print("| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |")
-    print("|---" * (len(keys) + 4) + "|")
-    for name, r in results.items():
-        print(f"| {name} | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
-              + f" | {r['train_s']:.0f} | {r['test_s']:.0f} |")
+          f"d_model {args.d_model}, {args.layers}+{args.layers} layers, ff {args.ff}; "
+          f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}; runs in {args.out}")
+    print(table(results, keys))
+    if len(seeds) > 1 and len(models) == 2:
+        base, mix = models[0][0], models[1][0]
+        diff = [results[f"{mix}, seed {s}"]["test/top10_acc"] - results[f"{base}, seed {s}"]["test/top10_acc"]
+                for s in seeds]
+        print(f"\nmixture - base top-10, per seed: {', '.join(f'{d:+.3f}' for d in diff)}")
 
+
+def seed_mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each number over the seeds' results."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def table(results: dict[str, dict[str, float]], keys: list[str]) -> str:
+    lines = ["| model | steps | " + " | ".join(k.split("/")[1] for k in keys) + " | train s | test s |",
+             "|---" * (len(keys) + 4) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['steps']:.0f} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
+                     + f" | {r['train_s']:.0f} | {r['test_s']:.0f} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 import callbacks
 import datamodules
 import lightning_modules
+from callbacks.checkpoint import ResumableCheckpoint
 
 
 def _import_all(*packages) -> None:
@@ -63,8 +64,10 @@ class PaperzooCLI(LightningCLI):
 
     * seed 0 unless ``--seed_everything`` says otherwise; the resolved config saved (overwritten) per run;
     * TensorBoard under ``runs/<experiment>/version_N`` where ``<experiment>`` is the config's file name;
-    * ``--checkpoint.*``: a ModelCheckpoint that always keeps ``last.ckpt`` in ``runs/<experiment>/checkpoints``,
-      shared by every version of the experiment, so ``--ckpt_path last`` resumes the latest run.
+    * ``--checkpoint.*``: a ModelCheckpoint (:class:`~callbacks.checkpoint.ResumableCheckpoint`) that always keeps
+      ``last.ckpt`` in ``runs/<experiment>/checkpoints``, shared by every version of the experiment, so
+      ``--ckpt_path last`` resumes the latest run; ``last`` is where training ended, inside the epoch when
+      ``--trainer.max_time`` stops it, and the resume continues that epoch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -78,7 +81,7 @@ class PaperzooCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 
     def before_instantiate_classes(self) -> None:

@@ -195,14 +195,12 @@ def test_ddp_test_metrics_equal_single_process(tmp_path: Path) -> None:
 
 
 def test_real_data_run_keeps_the_checkpoint_of_the_batch_where_time_ran_out(tmp_path: Path) -> None:
-    """retro_real.py's ``last.ckpt`` is the one saved inside the epoch when training is told to stop.
-
-    Lightning's ``ModelCheckpoint(save_last=True)`` saves ``last`` again at ``on_train_end`` (epoch counted finished)
-    when it has not saved in that run; a resume from that file would skip the rest of the epoch."""
+    """retro_real.py's ``last.ckpt`` is one file, saved inside the epoch when training is told to stop (so
+    ``--resume`` continues the epoch: tests/test_checkpoint.py), and periodically before."""
     from lightning import Callback, Trainer
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from benchmarks.retro_real import LastCheckpoint
+    from benchmarks.retro_real import last_checkpoint
 
     class StopAt(Callback):  # what the max_time Timer does when time runs out
         def on_train_batch_end(self, trainer, *args) -> None:
@@ -210,11 +208,9 @@ def test_real_data_run_keeps_the_checkpoint_of_the_batch_where_time_ran_out(tmp_
                 trainer.should_stop = True
 
     last = tmp_path / "checkpoints" / "last.ckpt"
-    checkpoint = LastCheckpoint(last, every_s=3600.0)
-    trainer = Trainer(max_epochs=5, limit_train_batches=16, limit_val_batches=0, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[StopAt(), checkpoint])
-    trainer.fit(BoringModel())
-    assert checkpoint.saved_at_stop
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    Trainer(max_epochs=5, limit_train_batches=16, limit_val_batches=0, callbacks=[StopAt(), last_checkpoint(last, 60.0)],
+            **quiet).fit(BoringModel())
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     state = torch.load(last, weights_only=False)
     epochs = state["loops"]["fit_loop"]["epoch_progress"]["current"]
@@ -222,9 +218,68 @@ def test_real_data_run_keeps_the_checkpoint_of_the_batch_where_time_ran_out(tmp_
     assert state["global_step"] == 7 and epochs["ready"] == 1 and epochs["completed"] == 0  # inside epoch 0
     assert batches["processed"] == 7  # saved in on_train_batch_end, as ModelCheckpoint(every_n_train_steps) does
 
-    # periodic saves (every_s=0: every batch) write the same single file; the last one is the last batch's
-    checkpoint = LastCheckpoint(last, every_s=0.0)
-    Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[checkpoint]).fit(BoringModel())
-    assert not checkpoint.saved_at_stop and torch.load(last, weights_only=False)["global_step"] == 3
+    # a new run in the same folder (no --resume) overwrites the one file; periodic saves (every 0 minutes: every
+    # batch) go to it too, and training that ends otherwise (max_steps) leaves its last step there
+    saves = []
+    checkpoint = last_checkpoint(last, 0.0)
+    checkpoint._save_checkpoint = lambda trainer, path, f=checkpoint._save_checkpoint: (saves.append(trainer.global_step),
+                                                                                        f(trainer, path))
+    Trainer(max_steps=3, limit_val_batches=0, callbacks=[checkpoint], **quiet).fit(BoringModel())
+    assert saves == [1, 2, 3] and torch.load(last, weights_only=False)["global_step"] == 3
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_sample_compare_trains_both_models_at_each_seed_and_prints_the_means(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``benchmarks/retro_sample_compare.py --seeds``: one command, base and mixture fine-tuned at every seed from one
+    shared pre-training, runs kept apart per seed, and a mean row per model."""
+    import json
+
+    from benchmarks.retro_sample_compare import main
+
+    out, report = tmp_path / "runs", tmp_path / "results.json"
+    main(["--data-root", str(uspto_sample()), "--out", str(out), "--json", str(report), "--seeds", "0", "1",
+          "--latent", "2", "--pretrain", "random", "--pretrain-steps", "2", "--max-steps", "2", "--d-model", "32",
+          "--layers", "1", "--ff", "64", "--warmup", "10", "--max-decode-len", "20", "--eval-subset", "6",
+          "--eval-batch-size", "6", "--classifier-epochs", "1", "--augment", "0"])
+    results = json.loads(report.read_text())
+    rows = ["base, seed 0", "mixture K=2, seed 0", "base, seed 1", "mixture K=2, seed 1",
+            "base, mean of 2 seeds", "mixture K=2, mean of 2 seeds"]
+    assert list(results) == rows
+    for model in ("base", "mixture K=2"):
+        seeds = [results[f"{model}, seed {s}"] for s in (0, 1)]
+        mean = results[f"{model}, mean of 2 seeds"]
+        for key in ("test/top1_acc", "test/top10_acc", "test/unique_classes@10"):
+            assert mean[key] == pytest.approx((seeds[0][key] + seeds[1][key]) / 2)
+        assert all(r["steps"] == 2 for r in seeds)
+    # one pre-training serves every seed; each seed's fine-tuned models are its own
+    assert (out / "retro_pretrain_random" / "checkpoints" / "last.ckpt").is_file()
+    weights = {}
+    for s in (0, 1):
+        for name in ("retro_base", "retro_mixture"):
+            ckpt = torch.load(out / f"seed{s}" / name / "checkpoints" / "last.ckpt", weights_only=False)
+            weights[s, name] = ckpt["state_dict"]["net.generator.weight"]
+    assert not torch.equal(weights[0, "retro_base"], weights[1, "retro_base"])
+    printed = capsys.readouterr().out
+    assert "| mixture K=2, mean of 2 seeds | 2 |" in printed and "mixture - base top-10, per seed:" in printed
+
+
+def test_cli_fit_stopped_inside_an_epoch_resumes_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's checkpoint (ResumableCheckpoint) saves ``last`` at the batch where training stops inside an epoch;
+    ``--ckpt_path last`` continues that epoch (the token-budget loader's position is in the checkpoint)."""
+    monkeypatch.setenv("PAPERZOO_DATA", str(uspto_sample()))
+    common = ["--config", BASE, *TINY, *QUIET, *out_args(tmp_path), "--data.init_args.max_tokens=1024",
+              "--trainer.limit_val_batches=0"]
+    last = tmp_path / "retro_uspto" / "checkpoints" / "last.ckpt"
+
+    def progress() -> tuple[int, int, int]:
+        state = torch.load(last, weights_only=False)
+        loops = state["loops"]["fit_loop"]
+        return (state["global_step"], loops["epoch_progress"]["current"]["completed"],
+                loops["epoch_loop.batch_progress"]["current"]["processed"])
+
+    fit = run_cli(["fit", *common, "--trainer.max_steps=5"])
+    assert len(fit.trainer.train_dataloader) > 8  # both stops fall inside epoch 0
+    assert progress() == (5, 0, 5)
+    run_cli(["fit", *common, "--trainer.max_steps=8", "--ckpt_path", "last"])
+    assert progress() == (8, 0, 8)  # batches 5-7 of the same epoch, not a new epoch
