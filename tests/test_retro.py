@@ -197,19 +197,15 @@ def test_ddp_test_metrics_equal_single_process(tmp_path: Path) -> None:
 def test_real_data_run_keeps_the_checkpoint_of_the_batch_where_time_ran_out(tmp_path: Path) -> None:
     """retro_real.py's ``last.ckpt`` is one file, saved inside the epoch when training is told to stop (so
     ``--resume`` continues the epoch: tests/test_checkpoint.py), and periodically before."""
-    from lightning import Callback, Trainer
+    from lightning import Trainer
     from lightning.pytorch.demos.boring_classes import BoringModel
 
     from benchmarks.retro_real import last_checkpoint
-
-    class StopAt(Callback):  # what the max_time Timer does when time runs out
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if trainer.global_step == 7:
-                trainer.should_stop = True
+    from tests.test_checkpoint import QUIET as quiet
+    from tests.test_checkpoint import StopAt  # what the max_time Timer does when time runs out
 
     last = tmp_path / "checkpoints" / "last.ckpt"
-    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    Trainer(max_epochs=5, limit_train_batches=16, limit_val_batches=0, callbacks=[StopAt(), last_checkpoint(last, 60.0)],
+    Trainer(max_epochs=5, limit_train_batches=16, limit_val_batches=0, callbacks=[StopAt(7), last_checkpoint(last, 60.0)],
             **quiet).fit(BoringModel())
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     state = torch.load(last, weights_only=False)
